@@ -1,0 +1,109 @@
+"""Every configuration key of shipreid, with its default and what reads it.
+
+Keys are grouped as in the official TransOSS code so that its YAML recipes read the same, but every
+key here is used somewhere (`tests/test_config.py` checks the source tree for a reader of each key).
+"""
+from yacs.config import CfgNode as CN
+
+_C = CN()
+# Where logs, the resolved config, results and checkpoints go. Created if missing.
+_C.OUTPUT_DIR = "./logs/default"
+# Global seed for python, numpy and torch.
+_C.SEED = 1234
+
+# --------------------------------------------------------------------------------------------- MODEL
+_C.MODEL = CN()
+# "auto" (cuda when available, else cpu), "cuda", "cuda:N" or "cpu".
+_C.MODEL.DEVICE = "auto"
+# Architecture registry key (see model/build.py).
+_C.MODEL.NAME = "transoss"
+# Vision transformer size. Defaults are ViT-B/16 as in the paper; tests and demos shrink them.
+_C.MODEL.EMBED_DIM = 768
+_C.MODEL.DEPTH = 12
+_C.MODEL.NUM_HEADS = 12
+_C.MODEL.MLP_RATIO = 4.0
+# Patch size of both patch projections, and their stride (H, W): [16, 16] is non-overlapping,
+# [12, 12] the overlapping TransReID variant.
+_C.MODEL.PATCH_SIZE = 16
+_C.MODEL.STRIDE_SIZE = [16, 16]
+# Stochastic depth at the last block (linearly spaced from 0), token dropout, attention dropout.
+_C.MODEL.DROP_PATH = 0.1
+_C.MODEL.DROP_OUT = 0.0
+_C.MODEL.ATT_DROP_RATE = 0.0
+# One patch projection per modality (TransOSS "dual-head tokenizer"); False shares the optical one.
+_C.MODEL.DUAL_PATCH_EMBED = True
+# Modality information embedding (MIE): a learned vector per modality added to every token, scaled.
+_C.MODEL.MIE = True
+_C.MODEL.MIE_COE = 3.0
+# Ship size embedding (SSE): the size vector projected to one extra token appended last.
+_C.MODEL.SSE = True
+# Initialisation weights (ImageNet ViT, contrastive TransOSS backbone, or a pretraining checkpoint).
+# Empty = random initialisation. The layout is detected from the keys; nothing is downloaded.
+_C.MODEL.PRETRAIN_PATH = ""
+# Refuse weights whose keys do not fit the model (unexpected keys, shape mismatches). Set False to
+# load what fits and only report the rest.
+_C.MODEL.STRICT_LOAD = True
+
+# --------------------------------------------------------------------------------------------- INPUT
+_C.INPUT = CN()
+# Network input (H, W) for training (also fixes the model's patch grid) and for testing.
+_C.INPUT.SIZE_TRAIN = [256, 128]
+_C.INPUT.SIZE_TEST = [256, 128]
+# Normalisation applied to both modalities after scaling to [0, 1].
+_C.INPUT.PIXEL_MEAN = [0.485, 0.456, 0.406]
+_C.INPUT.PIXEL_STD = [0.229, 0.224, 0.225]
+# SAR float32 amplitude to 8-bit: "max" (official: x / max(x) * 255, truncated), "percentile" (MOS
+# denoising: clip to [p_low, p_high] percentiles, stretch), "db" (20 log10 amplitude in DB_RANGE).
+_C.INPUT.SAR_RADIOMETRY = "max"
+_C.INPUT.SAR_PERCENTILES = [5.0, 100.0]
+_C.INPUT.SAR_DB_RANGE = [-40.0, 20.0]
+
+# Ship size vector for SSE, from the chip's pixel size (W, H) before resizing:
+#   w, h = W * GSD, H * GSD (metres);  s = ((w / WIDTH_SCALE - WIDTH_MEAN) / SPREAD,
+#                                          (h / LENGTH_SCALE - LENGTH_MEAN) / SPREAD,  h / w)
+# Defaults are the official constants (SPREAD is used for both axes as the official code does).
+_C.INPUT.SHIP_SIZE = CN()
+_C.INPUT.SHIP_SIZE.OPTICAL_GSD = 0.75
+_C.INPUT.SHIP_SIZE.SAR_GSD = 1.0
+_C.INPUT.SHIP_SIZE.WIDTH_SCALE = 93.0
+_C.INPUT.SHIP_SIZE.LENGTH_SCALE = 427.0
+_C.INPUT.SHIP_SIZE.WIDTH_MEAN = 0.434
+_C.INPUT.SHIP_SIZE.LENGTH_MEAN = 0.461
+_C.INPUT.SHIP_SIZE.SPREAD = 0.031
+
+# ------------------------------------------------------------------------------------------ DATASETS
+_C.DATASETS = CN()
+# Dataset registry key (see datasets/build.py).
+_C.DATASETS.NAMES = "HOSS"
+# Folder that contains HOSS/ (and OptiSar_Pair/ for pretraining).
+_C.DATASETS.ROOT_DIR = "./data"
+# Evaluation protocols, any of ALL, O2S, S2O.
+_C.DATASETS.PROTOCOLS = ["ALL", "O2S", "S2O"]
+
+# ---------------------------------------------------------------------------------------- DATALOADER
+_C.DATALOADER = CN()
+# Worker processes per DataLoader (0 = load in the main process).
+_C.DATALOADER.NUM_WORKERS = 4
+
+# ---------------------------------------------------------------------------------------------- TEST
+_C.TEST = CN()
+# Weights evaluated by test.py (official fine-tuned checkpoint or a shipreid checkpoint).
+_C.TEST.WEIGHT = ""
+# Images per inference batch.
+_C.TEST.IMS_PER_BATCH = 256
+# Test feature: "before" the BN neck (official) or "after" it.
+_C.TEST.NECK_FEAT = "before"
+# L2-normalise features before the squared Euclidean distance (official: always on).
+_C.TEST.FEAT_NORM = True
+# k-reciprocal re-ranking (Zhong et al. 2017) of the query-gallery distances.
+_C.TEST.RE_RANKING = False
+_C.TEST.RE_RANKING_K1 = 50
+_C.TEST.RE_RANKING_K2 = 15
+_C.TEST.RE_RANKING_LAMBDA = 0.3
+# Write OUTPUT_DIR/features_<protocol>.npz (feats, pids, camids, names).
+_C.TEST.SAVE_FEATS = False
+
+
+def get_cfg_defaults() -> CN:
+    """A fresh copy of the defaults (never mutate _C itself)."""
+    return _C.clone()

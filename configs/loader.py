@@ -1,0 +1,147 @@
+"""Load a YAML config with `_BASE_` inheritance and `KEY VALUE` overrides onto the YACS defaults."""
+from __future__ import annotations
+
+import argparse
+import ast
+import os
+from typing import Any, Iterable
+
+import yaml
+from yacs.config import CfgNode as CN
+
+from utils.errors import ShipReIDError
+
+from .defaults import get_cfg_defaults
+
+BASE_KEY = "_BASE_"
+
+
+class ConfigError(ShipReIDError):
+    """A config file or override that does not fit the defaults."""
+
+
+def _as_number(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _coerce(value: Any, default: Any, key: str, source: str) -> Any:
+    """Return `value` converted to the type of `default`, or raise naming the key and its source."""
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+    elif isinstance(default, (int, float)) and not isinstance(value, bool):
+        number = value if isinstance(value, (int, float)) else _as_number(value)
+        if number is not None and (isinstance(default, float) or float(number).is_integer()):
+            return type(default)(number)
+    elif isinstance(default, str):
+        if isinstance(value, str):
+            return value
+    elif isinstance(default, (list, tuple)):
+        if isinstance(value, (list, tuple)):
+            if default and len(value) == len(default) and all(
+                    not isinstance(d, (list, tuple, CN)) for d in default):
+                return [_coerce(v, d, f"{key}[{i}]", source) for i, (v, d) in enumerate(zip(value, default))]
+            if default and not value:
+                return []
+            if default:
+                return [_coerce(v, default[0], f"{key}[{i}]", source) for i, v in enumerate(value)]
+            return list(value)
+    raise ConfigError(f"{source}: {key} must be a {type(default).__name__} like {default!r}, got {value!r}")
+
+
+def _merge(cfg: CN, updates: dict, source: str, prefix: str = "") -> None:
+    for name, value in updates.items():
+        key = f"{prefix}{name}"
+        if name not in cfg:
+            raise ConfigError(f"{source}: unknown config key {key}; see configs/defaults.py for the valid keys")
+        if isinstance(cfg[name], CN):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: {key} is a group of keys, got the value {value!r}")
+            _merge(cfg[name], value, source, key + ".")
+        else:
+            cfg[name] = _coerce(value, cfg[name], key, source)
+
+
+def _read_yaml(path: str, seen: tuple = ()) -> list[tuple[str, dict]]:
+    """The chain of (file, mapping) from the outermost `_BASE_` to `path` itself."""
+    path = os.path.abspath(path)
+    if path in seen:
+        raise ConfigError(f"{path}: _BASE_ cycle through {' -> '.join(seen)}")
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    with open(path) as f:
+        try:
+            data = yaml.safe_load(f) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config file must be a mapping of keys, got {type(data).__name__}")
+    chain = []
+    base = data.pop(BASE_KEY, None)
+    if base:
+        chain = _read_yaml(os.path.join(os.path.dirname(path), base), seen + (path,))
+    return chain + [(path, data)]
+
+
+def _parse_override(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def merge_overrides(cfg: CN, opts: Iterable[str]) -> None:
+    opts = list(opts)
+    if len(opts) % 2:
+        raise ConfigError(f"command-line overrides come as KEY VALUE pairs; '{opts[-1]}' has no value")
+    for key, text in zip(opts[0::2], opts[1::2]):
+        *groups, leaf = key.split(".")
+        node: Any = {}
+        nested = node
+        for group in groups:
+            nested[group] = {}
+            nested = nested[group]
+        nested[leaf] = _parse_override(text)
+        _merge(cfg, node, "command line")
+
+
+def load_config(config_file: str | None = None, opts: Iterable[str] = ()) -> CN:
+    """Defaults, then the file chain (bases first), then the overrides; returned frozen."""
+    cfg = get_cfg_defaults()
+    if config_file:
+        for path, data in _read_yaml(config_file):
+            _merge(cfg, data, path)
+    merge_overrides(cfg, opts)
+    cfg.freeze()
+    return cfg
+
+
+def save_config(cfg: CN, output_dir: str) -> str:
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, "config.yaml")
+    with open(path, "w") as f:
+        f.write(cfg.dump())
+    return path
+
+
+def add_config_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--config_file", default="", help="YAML config (may name a _BASE_)")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, default=[],
+                        help="KEY VALUE overrides, e.g. MODEL.DEVICE cpu SOLVER.BASE_LR 0.001")
+    return parser
+
+
+def setup_config(args: argparse.Namespace) -> CN:
+    """Load the config from parsed arguments and write the resolved copy to OUTPUT_DIR."""
+    cfg = load_config(args.config_file or None, args.opts)
+    try:
+        save_config(cfg, cfg.OUTPUT_DIR)
+    except OSError as err:
+        raise ConfigError(f"OUTPUT_DIR {cfg.OUTPUT_DIR!r} cannot be written ({err.strerror}); "
+                          "choose a writable folder with OUTPUT_DIR <path>") from None
+    return cfg

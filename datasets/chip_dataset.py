@@ -1,0 +1,42 @@
+"""A torch Dataset over chip records: every item is a dict (image, modality, size, pid, name)."""
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+from .radiometry import ChipDecoder
+from .records import ChipRecord
+from .ship_size import ShipSizeEncoder
+
+
+class ChipDataset(Dataset):
+    """Decodes each record's file, computes its size vector and applies `transform`.
+
+    `labels` (optional) are the training class indices, one per record.
+    """
+
+    def __init__(self, records: Sequence[ChipRecord], decoder: ChipDecoder, size_encoder: ShipSizeEncoder,
+                 transform: Callable, labels: Optional[Sequence[int]] = None):
+        self.records = list(records)
+        self.decoder, self.size_encoder, self.transform = decoder, size_encoder, transform
+        self.labels = None if labels is None else list(labels)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict:
+        record = self.records[index]
+        pixels, (width, height) = self.decoder(record.path, record.modality)
+        item = {
+            "image": self.transform(pixels),
+            "modality": record.modality,
+            "size": torch.tensor(self.size_encoder(width, height, record.modality), dtype=torch.float32),
+            "pid": record.pid,
+            "name": record.name,
+            "index": index,
+        }
+        if self.labels is not None:
+            item["label"] = self.labels[index]
+        return item

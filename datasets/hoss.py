@@ -1,0 +1,101 @@
+"""The HOSS ReID dataset: splits, training labels and the ALL / O2S / S2O evaluation protocols."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from .records import DISTRACTOR_PID, OPTICAL, SAR, ChipRecord, DatasetError, scan_hoss_folder
+
+PROTOCOLS = ("ALL", "O2S", "S2O")
+# protocol -> (query modality, gallery modality) for the cross-modal protocols
+CROSS_MODAL = {"O2S": (OPTICAL, SAR), "S2O": (SAR, OPTICAL)}
+
+
+@dataclass
+class Protocol:
+    name: str
+    query: list[ChipRecord]
+    gallery: list[ChipRecord]
+    derived: bool  # True when built from the ALL folders by modality instead of read from subset/
+
+
+def derive_cross_modal(name: str, query: list[ChipRecord], gallery: list[ChipRecord]) -> Protocol:
+    """Queries of one modality against the gallery of the other; queries with no positive dropped."""
+    query_modality, gallery_modality = CROSS_MODAL[name]
+    kept_gallery = [r for r in gallery if r.modality == gallery_modality]
+    gallery_pids = {r.pid for r in kept_gallery if r.pid != DISTRACTOR_PID}
+    kept_query = [r for r in query if r.modality == query_modality and r.pid in gallery_pids]
+    return Protocol(name, kept_query, kept_gallery, derived=True)
+
+
+class HOSS:
+    """HOSS ReID in the release layout under `<root>/HOSS`. Splits are read on first use."""
+
+    folder = "HOSS"
+
+    def __init__(self, root: str):
+        self.root = os.path.join(root, self.folder)
+        if not os.path.isdir(self.root):
+            raise DatasetError(f"HOSS folder not found: {self.root}; set DATASETS.ROOT_DIR to the folder "
+                               "that contains HOSS/")
+        self._splits: dict[str, list[ChipRecord]] = {}
+
+    def split(self, name: str) -> list[ChipRecord]:
+        if name not in self._splits:
+            self._splits[name] = scan_hoss_folder(os.path.join(self.root, name))
+        return self._splits[name]
+
+    @property
+    def train(self) -> list[ChipRecord]:
+        return self.split("bounding_box_train")
+
+    def train_labels(self) -> tuple[list[int], dict[int, int]]:
+        """Training class index per record: pids relabelled 0..K-1 in sorted order."""
+        records = self.train
+        distractors = [r.path for r in records if r.pid == DISTRACTOR_PID]
+        if distractors:
+            raise DatasetError(f"{distractors[0]}: distractors (pid -1) belong in the gallery, not in training")
+        pid_to_label = {pid: label for label, pid in enumerate(sorted({r.pid for r in records}))}
+        return [pid_to_label[r.pid] for r in records], pid_to_label
+
+    def protocol(self, name: str) -> Protocol:
+        if name not in PROTOCOLS:
+            raise DatasetError(f"unknown protocol {name!r} in DATASETS.PROTOCOLS; choose from {PROTOCOLS}")
+        query, gallery = self.split("query"), self.split("bounding_box_test")
+        if name == "ALL":
+            return Protocol(name, query, gallery, derived=False)
+        subset = os.path.join("subset", name)
+        if os.path.isdir(os.path.join(self.root, subset)):
+            return Protocol(name, self.split(os.path.join(subset, "query")),
+                            self.split(os.path.join(subset, "bounding_box_test")), derived=False)
+        return derive_cross_modal(name, query, gallery)
+
+    def check_disjoint_identities(self) -> None:
+        """Train and test identities must not overlap (a leak that inflates every metric)."""
+        train_pids = {r.pid for r in self.train}
+        for split in ("query", "bounding_box_test"):
+            for record in self.split(split):
+                if record.pid in train_pids:
+                    raise DatasetError(f"{record.path}: pid {record.pid} is also in bounding_box_train; "
+                                       "train and test identities must be disjoint")
+
+
+def split_statistics(records: list[ChipRecord]) -> dict:
+    pids = {r.pid for r in records if r.pid != DISTRACTOR_PID}
+    return {
+        "ids": len(pids),
+        "images": len(records),
+        "optical": sum(r.modality == OPTICAL for r in records),
+        "SAR": sum(r.modality == SAR for r in records),
+        "distractors": sum(r.pid == DISTRACTOR_PID for r in records),
+    }
+
+
+def format_statistics(rows: list[tuple[str, list[ChipRecord]]]) -> str:
+    """A fixed-width table: one row per (label, records)."""
+    header = f"{'subset':<22}{'ids':>6}{'images':>8}{'optical':>9}{'SAR':>6}{'distractors':>13}"
+    lines = [header, "-" * len(header)]
+    for label, records in rows:
+        s = split_statistics(records)
+        lines.append(f"{label:<22}{s['ids']:>6}{s['images']:>8}{s['optical']:>9}{s['SAR']:>6}{s['distractors']:>13}")
+    return "\n".join(lines)

@@ -1,0 +1,2 @@
+from .build import BACKBONES, build_model  # noqa: F401
+from .reid_model import ReIDModel  # noqa: F401

@@ -1,0 +1,25 @@
+"""Model registry and `build_model(cfg, num_classes)`."""
+from __future__ import annotations
+
+from utils.registry import Registry
+
+from .reid_model import ReIDModel
+from .transoss import TransOSSBackbone
+
+BACKBONES = Registry("backbone")
+
+
+@BACKBONES.register("transoss")
+def build_transoss_backbone(cfg) -> TransOSSBackbone:
+    m = cfg.MODEL
+    return TransOSSBackbone(
+        img_size=cfg.INPUT.SIZE_TRAIN, patch_size=m.PATCH_SIZE, stride=m.STRIDE_SIZE, embed_dim=m.EMBED_DIM,
+        depth=m.DEPTH, num_heads=m.NUM_HEADS, mlp_ratio=m.MLP_RATIO, drop_path=m.DROP_PATH,
+        drop_out=m.DROP_OUT, attn_drop=m.ATT_DROP_RATE, dual_patch_embed=m.DUAL_PATCH_EMBED, mie=m.MIE,
+        mie_coe=m.MIE_COE, sse=m.SSE)
+
+
+def build_model(cfg, num_classes: int = 0) -> ReIDModel:
+    """The ReID model; `num_classes` > 0 adds the identity classifier (training only)."""
+    backbone = BACKBONES.get(cfg.MODEL.NAME, "MODEL.NAME")(cfg)
+    return ReIDModel(backbone, cfg.MODEL.EMBED_DIM, num_classes, cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD)

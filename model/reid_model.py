@@ -1,0 +1,64 @@
+"""Backbone + BNNeck + identity classifier, taking and returning dicts."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from utils.errors import ShipReIDError
+
+NECK_FEATS = ("before", "after")
+
+
+class PixelNormalizer(nn.Module):
+    """uint8 (or [0, 255]-scaled) images to normalised float, on whatever device the batch is on.
+
+    Same arithmetic as torchvision's ToTensor + Normalize, so results match the official pipeline.
+    """
+
+    def __init__(self, mean, std):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dtype == torch.uint8:
+            images = images.float().div(255)
+        return images.sub(self.mean).div(self.std)
+
+
+class BNNeck(nn.BatchNorm1d):
+    """BatchNorm1d with the shift frozen at zero (the bias is not trained), as in BoT/TransReID."""
+
+    def __init__(self, dim: int):
+        super().__init__(dim)
+        self.bias.requires_grad_(False)
+
+
+class ReIDModel(nn.Module):
+    """outputs = {"feat": pre-neck feature, "feat_bn": after the neck, "logits": in training}."""
+
+    def __init__(self, backbone: nn.Module, embed_dim: int, num_classes: int, pixel_mean, pixel_std):
+        super().__init__()
+        self.normalizer = PixelNormalizer(pixel_mean, pixel_std)
+        self.backbone = backbone
+        self.neck = BNNeck(embed_dim)
+        self.classifier = None
+        if num_classes > 0:
+            self.classifier = nn.Linear(embed_dim, num_classes, bias=False)
+            nn.init.normal_(self.classifier.weight, std=0.001)
+
+    def forward(self, batch: dict) -> dict:
+        images = self.normalizer(batch["image"])
+        feat = self.backbone(images, batch["modality"], batch["size"])
+        feat_bn = self.neck(feat)
+        outputs = {"feat": feat, "feat_bn": feat_bn}
+        if self.training and self.classifier is not None:
+            outputs["logits"] = self.classifier(feat_bn)
+        return outputs
+
+    @torch.no_grad()
+    def embed(self, batch: dict, neck_feat: str = "before") -> torch.Tensor:
+        """The test feature: pre-neck ("before", official) or post-neck ("after")."""
+        if neck_feat not in NECK_FEATS:
+            raise ShipReIDError(f"TEST.NECK_FEAT must be one of {NECK_FEATS}, got {neck_feat!r}")
+        return self.forward(batch)["feat" if neck_feat == "before" else "feat_bn"]

@@ -1,0 +1,252 @@
+"""One weight loader for every checkpoint layout TransOSS users meet.
+
+Layouts (detected from the keys, after unwrapping `model`/`state_dict` and stripping `module.`):
+  shipreid          this project's checkpoints: `backbone.*`, `neck.*`, `classifier.*`
+  official_full     official fine-tuned model or raw pretraining checkpoint (`transformer_<epoch>.pth`):
+                    `base.*`, `bottleneck.*`, `classifier.weight`, `logit_scale`, dead `base.fc.*`
+  official_backbone official contrastive backbone (`vit_b512_pre.pth`): TransOSS names, no prefix
+  imagenet_vit      ImageNet ViT (timm's old `.pth`, the `jx_` file, current timm `.pth`/`.safetensors`)
+The mapper (`checkpoint_filter_fn`) turns any of them into this project's names; `to_official` goes back.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+from dataclasses import dataclass, field
+
+import torch
+from timm.layers import resample_abs_pos_embed
+
+from utils.errors import ShipReIDError
+
+logger = logging.getLogger("shipreid.weights")
+
+# official backbone name -> shipreid backbone name (prefix rewrite)
+_OFFICIAL_TO_OURS = [
+    ("patch_embed.proj.", "patch_embed.optical."),
+    ("patch_embed_SAR.proj.", "patch_embed.sar."),
+    ("wh_embed.linear_layer.", "size_embed."),
+]
+# keys that hold nothing the model uses: ImageNet/official classification heads, distillation head
+_DEAD_BACKBONE_PREFIXES = ("fc.", "head.", "head_dist.", "fc_norm.")
+# parts of the model that an initialisation checkpoint may lack (they start from their own init)
+_OPTIONAL_AT_INIT = ("backbone.mie_embed", "backbone.size_embed.", "backbone.patch_embed.sar.")
+
+
+class WeightsError(ShipReIDError):
+    """A weight file that does not fit the model."""
+
+
+@dataclass
+class LoadReport:
+    path: str
+    layout: str
+    loaded: list = field(default_factory=list)
+    missing: list = field(default_factory=list)
+    ignored: list = field(default_factory=list)      # known-dead or not needed in this mode
+    unexpected: list = field(default_factory=list)
+    mismatched: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+
+    def summary(self) -> str:
+        text = (f"{os.path.basename(self.path)} ({self.layout}): loaded {len(self.loaded)}, "
+                f"missing {len(self.missing)}, ignored {len(self.ignored)}, unexpected {len(self.unexpected)}, "
+                f"shape mismatches {len(self.mismatched)}")
+        for note in self.notes:
+            text += f"\n  {note}"
+        for title, keys in (("missing", self.missing), ("unexpected", self.unexpected),
+                            ("shape mismatch", self.mismatched)):
+            if keys:
+                text += f"\n  {title}: {', '.join(map(str, keys[:8]))}{' ...' if len(keys) > 8 else ''}"
+        return text
+
+
+def read_state_dict(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise WeightsError(f"weight file not found: {path}; check MODEL.PRETRAIN_PATH / TEST.WEIGHT")
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+            state = load_file(path, device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any reader failure means the same thing to the user
+        raise WeightsError(f"{path}: cannot read the weight file ({type(err).__name__}: {err}); it must be a "
+                           "PyTorch state dict (.pth/.pt) or a .safetensors file") from None
+    for wrapper in ("model", "state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"{path}: not a state dict of tensors")
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+
+
+def detect_layout(state: dict) -> str:
+    keys = list(state)
+    if any(k.startswith("backbone.") for k in keys):
+        return "shipreid"
+    if any(k.startswith("base.") for k in keys):
+        return "official_full"
+    if any(k.startswith(("patch_embed_SAR.", "mie_embed", "wh_embed.")) for k in keys):
+        return "official_backbone"
+    if "cls_token" in state and any(k.startswith("blocks.") for k in keys):
+        return "imagenet_vit"
+    raise WeightsError("unrecognised checkpoint layout (first keys: " + ", ".join(keys[:5]) + "); expected a "
+                       "shipreid, official TransOSS or ImageNet ViT state dict")
+
+
+def _official_backbone_key(key: str) -> str:
+    for old, new in _OFFICIAL_TO_OURS:
+        if key.startswith(old):
+            return new + key[len(old):]
+    return key
+
+
+def checkpoint_filter_fn(state: dict, layout: str | None = None) -> tuple[dict, list]:
+    """Map any supported layout to shipreid names. Returns (mapped state, ignored keys)."""
+    layout = layout or detect_layout(state)
+    if layout == "shipreid":
+        return dict(state), []
+    mapped, ignored = {}, []
+    for key, value in state.items():
+        if layout == "official_full":
+            if key.startswith("base."):
+                key = key[len("base."):]
+            elif key.startswith("bottleneck."):
+                mapped["neck." + key[len("bottleneck."):]] = value
+                continue
+            elif key.startswith("classifier."):
+                mapped[key] = value
+                continue
+            elif key == "logit_scale":
+                ignored.append(key)  # contrastive temperature of pretraining; not part of the ReID model
+                continue
+        if key.startswith(_DEAD_BACKBONE_PREFIXES):
+            ignored.append(key)
+            continue
+        mapped["backbone." + _official_backbone_key(key)] = value
+    return mapped, ignored
+
+
+def old_patch_grid(num_patches: int, target_grid: tuple[int, int]) -> tuple[int, int]:
+    """The grid a checkpoint's position embedding was trained on: square if it can be, otherwise the
+    factorisation closest to the target grid's aspect ratio (e.g. 128 -> 16 x 8 for 256 x 128 input)."""
+    side = math.isqrt(num_patches)
+    if side * side == num_patches:
+        return side, side
+    target_ratio = target_grid[0] / target_grid[1]
+    pairs = [(h, num_patches // h) for h in range(1, num_patches + 1) if num_patches % h == 0]
+    return min(pairs, key=lambda hw: abs(math.log(hw[0] / hw[1] / target_ratio)))
+
+
+def resize_pos_embed(pos_embed: torch.Tensor, target_grid: tuple[int, int], num_prefix: int = 1) -> torch.Tensor:
+    """Bilinear resize of the patch part (align_corners=False, no antialias: the official behaviour)."""
+    grid = old_patch_grid(pos_embed.shape[1] - num_prefix, target_grid)
+    return resample_abs_pos_embed(pos_embed, new_size=list(target_grid), old_size=list(grid),
+                                  num_prefix_tokens=num_prefix, interpolation="bilinear", antialias=False)
+
+
+def load_weights(model, path: str, mode: str = "full", strict: bool = True) -> LoadReport:
+    """Load `path` into a ReIDModel.
+
+    mode "init": backbone only (classifier, neck, temperature are skipped); MIE, the size token and the
+    SAR patch head may be absent (the SAR head is then copied from the optical one).
+    mode "full": a complete trained model (backbone + neck); the classifier loads when its shape fits.
+    With `strict`, unexpected keys and shape mismatches raise; otherwise they are reported and skipped.
+    """
+    if mode not in ("init", "full"):
+        raise ValueError(f"mode must be 'init' or 'full', got {mode!r}")
+    raw = read_state_dict(path)
+    layout = detect_layout(raw)
+    state, ignored = checkpoint_filter_fn(raw, layout)
+    report = LoadReport(path, layout, ignored=ignored)
+    own = model.state_dict()
+    backbone = model.backbone
+
+    patch_key = "backbone.patch_embed.optical.weight"
+    if patch_key in state and state[patch_key].dim() == 2 and patch_key in own:
+        state[patch_key] = state[patch_key].reshape(own[patch_key].shape)  # pre-conv linear patchify
+        report.notes.append("reshaped a linear patch projection to a convolution")
+    if "backbone.pos_embed" in state and state["backbone.pos_embed"].shape != own["backbone.pos_embed"].shape:
+        old = tuple(state["backbone.pos_embed"].shape)
+        state["backbone.pos_embed"] = resize_pos_embed(state["backbone.pos_embed"], backbone.grid_size)
+        report.notes.append(f"resized position embedding {list(old)} -> {list(own['backbone.pos_embed'].shape)}"
+                            f" (grid {backbone.grid_size[0]}x{backbone.grid_size[1]})")
+    if backbone.patch_embed.sar is not None and "backbone.patch_embed.sar.weight" not in state:
+        for name in ("weight", "bias"):
+            optical = state.get(f"backbone.patch_embed.optical.{name}")
+            if optical is not None:
+                state[f"backbone.patch_embed.sar.{name}"] = optical.clone()
+        report.notes.append("no SAR patch head in the file: copied from the optical one")
+
+    to_load = {}
+    for key, value in state.items():
+        if (mode == "init" and not key.startswith("backbone.")) or (key.startswith("classifier.") and key not in own):
+            report.ignored.append(key)  # heads that this run does not use or rebuilds
+        elif key not in own:
+            report.unexpected.append(key)
+        elif value.shape != own[key].shape:
+            if key.startswith("classifier."):
+                report.ignored.append(key)  # trained on other identities; rebuilt for this run
+            else:
+                report.mismatched.append(f"{key} {list(value.shape)} vs model {list(own[key].shape)}")
+        else:
+            to_load[key] = value
+    for key in own:
+        if key in to_load:
+            continue
+        if key.startswith("classifier.") or (mode == "init" and (
+                not key.startswith("backbone.") or key.startswith(_OPTIONAL_AT_INIT))):
+            if key.startswith("backbone."):
+                report.notes.append(f"{key} keeps its initialisation")
+            continue
+        report.missing.append(key)
+    report.loaded = sorted(to_load)
+
+    problems = report.unexpected + report.mismatched + report.missing
+    if problems and strict:
+        raise WeightsError(f"{path} does not fit the model: " + report.summary().split("\n", 1)[-1].strip()
+                           + "\nCheck MODEL.* sizes against the checkpoint, or set MODEL.STRICT_LOAD False to load "
+                           "what fits")
+    model.load_state_dict(to_load, strict=False)
+    logger.info("loaded weights %s", report.summary())
+    return report
+
+
+def _ours_to_official_backbone_key(key: str) -> str:
+    for old, new in _OFFICIAL_TO_OURS:
+        if key.startswith(new):
+            return old + key[len(new):]
+    return key
+
+
+def to_official(state: dict) -> dict:
+    """shipreid state dict -> the official full layout (`base.*`, `bottleneck.*`, `classifier.weight`)."""
+    out = {}
+    for key, value in state.items():
+        if key.startswith("backbone."):
+            out["base." + _ours_to_official_backbone_key(key[len("backbone."):])] = value
+        elif key.startswith("neck."):
+            out["bottleneck." + key[len("neck."):]] = value
+        elif key.startswith("classifier."):
+            out[key] = value
+        else:
+            raise KeyError(f"{key} has no place in the official layout")
+    return out
+
+
+_OFFICIAL_KEY_LINE = re.compile(r"^(\S+) \[([\d, ]*)\] (\w+)$")
+
+
+def read_key_list(path: str) -> dict[str, tuple[list[int], str]]:
+    """Parse a 'key [shape] dtype' listing (the golden official key lists) into {key: (shape, dtype)}."""
+    entries = {}
+    with open(path) as f:
+        for line in f:
+            match = _OFFICIAL_KEY_LINE.match(line.strip())
+            if match:
+                shape = [int(s) for s in match[2].split(",") if s.strip()]
+                entries[match[1]] = (shape, match[3])
+    return entries

@@ -1,0 +1,110 @@
+"""Embed every test image once, then score each protocol (ALL, O2S, S2O) from the same features."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from datasets import build_test_loader
+from datasets.hoss import Protocol
+from datasets.records import ChipRecord
+from utils.device import move_batch
+from utils.metrics import DEFAULT_RANKS, evaluate_ranking, squared_euclidean
+from utils.reranking import re_ranking
+
+logger = logging.getLogger("shipreid.eval")
+
+
+def _image_key(record: ChipRecord) -> tuple[str, int]:
+    # The release's subset/ folders hold copies of the ALL files: same name and size -> same image.
+    return record.name, os.path.getsize(record.path)
+
+
+class Evaluator:
+    def __init__(self, cfg, protocols: list[Protocol]):
+        self.cfg = cfg
+        self.protocols = protocols
+        self.records: list[ChipRecord] = []
+        self.row: dict[tuple[str, int], int] = {}
+        for protocol in protocols:
+            for record in protocol.query + protocol.gallery:
+                key = _image_key(record)
+                if key not in self.row:
+                    self.row[key] = len(self.records)
+                    self.records.append(record)
+
+    @torch.no_grad()
+    def extract(self, model, device) -> torch.Tensor:
+        """Features of every unique test image (row order of self.records), float32 on the host."""
+        was_training = model.training
+        model.eval()
+        feats = []
+        loader = build_test_loader(self.cfg, self.records)
+        for batch in tqdm(loader, desc="embed", unit="batch", leave=False, dynamic_ncols=True):
+            feats.append(model.embed(move_batch(batch, device), self.cfg.TEST.NECK_FEAT).float().cpu())
+        model.train(was_training)
+        return torch.cat(feats)
+
+    def protocol_features(self, feats: torch.Tensor, protocol: Protocol):
+        rows = [self.row[_image_key(r)] for r in protocol.query + protocol.gallery]
+        return feats[rows]
+
+    def score(self, feats: torch.Tensor, protocol: Protocol) -> dict:
+        t = self.cfg.TEST
+        num_query = len(protocol.query)
+        chosen = self.protocol_features(feats, protocol)
+        if t.FEAT_NORM:
+            chosen = F.normalize(chosen, dim=1)
+        query, gallery = chosen[:num_query], chosen[num_query:]
+        if t.RE_RANKING:
+            dist = re_ranking(query, gallery, t.RE_RANKING_K1, t.RE_RANKING_K2, t.RE_RANKING_LAMBDA)
+        else:
+            dist = squared_euclidean(query, gallery)
+        metrics = evaluate_ranking(dist, [r.pid for r in protocol.query], [r.pid for r in protocol.gallery])
+        metrics.update(num_query=num_query, num_gallery=len(protocol.gallery), derived=protocol.derived)
+        if metrics["num_skipped_query"]:
+            logger.info("%s: %d queries have no positive in the gallery and are skipped", protocol.name,
+                        metrics["num_skipped_query"])
+        return metrics
+
+    def evaluate(self, model, device) -> tuple[dict, torch.Tensor]:
+        feats = self.extract(model, device)
+        return {p.name: self.score(feats, p) for p in self.protocols}, feats
+
+    def save_features(self, feats: torch.Tensor, output_dir: str) -> list[str]:
+        paths = []
+        for protocol in self.protocols:
+            records = protocol.query + protocol.gallery
+            path = os.path.join(output_dir, f"features_{protocol.name}.npz")
+            np.savez(path, feats=self.protocol_features(feats, protocol).numpy().astype(np.float32),
+                     pids=np.array([r.pid for r in records], dtype=np.int64),
+                     camids=np.array([r.modality for r in records], dtype=np.int64),
+                     names=np.array([r.name for r in records]),
+                     num_query=np.int64(len(protocol.query)))
+            paths.append(path)
+        return paths
+
+
+def format_results(results: dict) -> str:
+    """Protocol x metric table in percentages."""
+    ranks = [f"R{k}" for k in DEFAULT_RANKS]
+    header = f"{'protocol':<9}{'mAP':>7}" + "".join(f"{r:>7}" for r in ranks) + f"{'mINP':>7}{'queries':>9}" \
+             f"{'gallery':>9}  folders"
+    lines = [header, "-" * len(header)]
+    for name, m in results.items():
+        lines.append(f"{name:<9}{100 * m['mAP']:>7.2f}" + "".join(f"{100 * m[r]:>7.2f}" for r in ranks)
+                     + f"{100 * m['mINP']:>7.2f}{m['num_query']:>9}{m['num_gallery']:>9}  "
+                     + ("derived" if m["derived"] else "release"))
+    return "\n".join(lines)
+
+
+def write_results(results: dict, output_dir: str) -> str:
+    path = os.path.join(output_dir, "results.json")
+    with open(path, "w") as f:
+        json.dump(results, f, indent=2)
+    return path

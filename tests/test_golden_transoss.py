@@ -1,0 +1,43 @@
+"""Parity with the official TransOSS code: its own features and metrics on the real chips, through test.py."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from conftest import TINY_MODEL
+
+import test as test_entry
+
+PROTOCOLS = ("ALL", "O2S", "S2O")
+
+
+def test_test_py_reproduces_official_outputs(golden_dir, hoss_root, tmp_path):
+    golden = os.path.join(golden_dir, "transoss_tiny")
+    out = tmp_path / "out"
+    results = test_entry.main([
+        "--config_file", "configs/hoss/transoss.yml", "DATASETS.ROOT_DIR", hoss_root,
+        "TEST.WEIGHT", os.path.join(golden, "transoss_tiny_official_format.pth"), "MODEL.DEVICE", "cpu",
+        "OUTPUT_DIR", str(out), "TEST.SAVE_FEATS", "True", "DATALOADER.NUM_WORKERS", "0", *TINY_MODEL])
+    with open(os.path.join(golden, "results.json")) as f:
+        expected = json.load(f)
+    with open(out / "results.json") as f:
+        written = json.load(f)
+    assert written == json.loads(json.dumps(results))
+    for protocol in PROTOCOLS:
+        ours, theirs = written[protocol], expected[protocol]
+        assert ours["num_query"] == theirs["num_query"] and ours["num_gallery"] == theirs["num_gallery"]
+        for metric in ("mAP", "R1", "R5", "R10"):
+            # the official CMC is float32 (k / n rounded to 7 digits); rankings must be identical
+            assert ours[metric] == pytest.approx(theirs[metric], abs=1e-7), (protocol, metric)
+        assert ours["derived"] is (protocol != "ALL")
+        assert 0.0 < ours["mINP"] <= 1.0
+
+        feats = np.load(out / f"features_{protocol}.npz")
+        ref = np.load(os.path.join(golden, f"features_{protocol}.npz"))
+        assert list(feats["names"]) == list(ref["names"])
+        assert (feats["pids"] == ref["pids"]).all() and (feats["camids"] == ref["camids"]).all()
+        assert feats["feats"].dtype == np.float32
+        assert np.abs(feats["feats"] - ref["feats"]).max() < 1e-4

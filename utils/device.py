@@ -1,0 +1,24 @@
+"""MODEL.DEVICE resolution (no hard-coded devices anywhere else)."""
+from __future__ import annotations
+
+import torch
+
+from utils.errors import ShipReIDError
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda when available else cpu; 'cuda', 'cuda:N' and 'cpu' as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ShipReIDError(f"MODEL.DEVICE {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ShipReIDError(f"MODEL.DEVICE {name!r} asks for CUDA but no GPU is visible; use MODEL.DEVICE cpu or auto")
+    return device
+
+
+def move_batch(batch: dict, device: torch.device) -> dict:
+    """Tensors (and int lists collated to tensors) to `device`; strings stay on the host."""
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
