@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from configs import add_config_args, setup_config
+from configs import add_config_args, parse_args, setup_config
 from configs.loader import ConfigError
 from datasets import build_dataset
 from datasets.hoss import format_statistics
@@ -21,7 +21,7 @@ from utils.logger import setup_logger
 
 
 def main(argv=None) -> dict:
-    args = add_config_args(argparse.ArgumentParser(description=__doc__.split("\n")[0])).parse_args(argv)
+    args = parse_args(add_config_args(argparse.ArgumentParser(description=__doc__.split("\n")[0])), argv)
     cfg = setup_config(args)
     logger = setup_logger(cfg.OUTPUT_DIR, "test.log")
     if not cfg.TEST.WEIGHT:

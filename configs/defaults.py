@@ -44,6 +44,20 @@ _C.MODEL.PRETRAIN_PATH = ""
 # load what fits and only report the rest.
 _C.MODEL.STRICT_LOAD = True
 
+# ---------------------------------------------------------------------------------------------- LOSS
+_C.LOSS = CN()
+# Loss terms (see loss/terms.py) and their weights, in the same order. Fine-tuning: id + triplet;
+# contrastive pretraining: infonce. A weight of 0 keeps a term logged but out of the total.
+_C.LOSS.TERMS = ["id", "triplet"]
+_C.LOSS.WEIGHTS = [1.0, 1.0]
+# Label smoothing of the identity cross-entropy (official: 0, i.e. IF_LABELSMOOTH off).
+_C.LOSS.LABEL_SMOOTH = 0.0
+# Batch-hard triplet margin; 0 selects the soft-margin form log(1 + exp(d_ap - d_an)) (official).
+_C.LOSS.TRIPLET_MARGIN = 0.0
+# Symmetric InfoNCE: initial temperature (official 0.07) and the cap on the learned logit scale.
+_C.LOSS.INFONCE_TEMPERATURE = 0.07
+_C.LOSS.INFONCE_MAX_SCALE = 100.0
+
 # --------------------------------------------------------------------------------------------- INPUT
 _C.INPUT = CN()
 # Network input (H, W) for training (also fixes the model's patch grid) and for testing.
@@ -52,6 +66,11 @@ _C.INPUT.SIZE_TEST = [256, 128]
 # Normalisation applied to both modalities after scaling to [0, 1].
 _C.INPUT.PIXEL_MEAN = [0.485, 0.456, 0.406]
 _C.INPUT.PIXEL_STD = [0.229, 0.224, 0.225]
+# Training augmentation: horizontal flip probability, zero padding before the random crop, and the
+# probability of random erasing (one box, per-pixel N(0, 1) fill in normalised space).
+_C.INPUT.FLIP_PROB = 0.5
+_C.INPUT.PADDING = 10
+_C.INPUT.RE_PROB = 0.5
 # SAR float32 amplitude to 8-bit: "max" (official: x / max(x) * 255, truncated), "percentile" (MOS
 # denoising: clip to [p_low, p_high] percentiles, stretch), "db" (20 log10 amplitude in DB_RANGE).
 _C.INPUT.SAR_RADIOMETRY = "max"
@@ -84,6 +103,42 @@ _C.DATASETS.PROTOCOLS = ["ALL", "O2S", "S2O"]
 _C.DATALOADER = CN()
 # Worker processes per DataLoader (0 = load in the main process).
 _C.DATALOADER.NUM_WORKERS = 4
+# Training batches: "pk" (official: P identities x K images) or "pk_modality" (K/2 optical + K/2 SAR
+# for identities that have both).
+_C.DATALOADER.SAMPLER = "pk"
+# K, images per identity in a PK batch (P = SOLVER.IMS_PER_BATCH / K).
+_C.DATALOADER.NUM_INSTANCE = 4
+
+# -------------------------------------------------------------------------------------------- SOLVER
+_C.SOLVER = CN()
+# "SGD" (momentum, official) or "AdamW".
+_C.SOLVER.OPTIMIZER_NAME = "SGD"
+_C.SOLVER.MOMENTUM = 0.9
+_C.SOLVER.BASE_LR = 5e-4
+# Parameters whose name contains "bias" get BASE_LR * BIAS_LR_FACTOR and WEIGHT_DECAY_BIAS (official).
+_C.SOLVER.BIAS_LR_FACTOR = 2.0
+_C.SOLVER.WEIGHT_DECAY = 1e-4
+_C.SOLVER.WEIGHT_DECAY_BIAS = 1e-4
+# Parameter-name substrings exempt from weight decay (e.g. ["pos_embed", "cls_token", "norm"]);
+# empty = official (decay on everything).
+_C.SOLVER.NO_DECAY_KEYS = []
+_C.SOLVER.MAX_EPOCHS = 200
+# Cosine schedule per epoch with linear warm-up from WARMUP_FACTOR * BASE_LR over WARMUP_EPOCHS,
+# down to MIN_LR_FACTOR * BASE_LR at MAX_EPOCHS (official values).
+_C.SOLVER.WARMUP_EPOCHS = 5
+_C.SOLVER.WARMUP_FACTOR = 0.01
+_C.SOLVER.MIN_LR_FACTOR = 0.002
+# Global batch in images (pretraining: 2 x pairs). Split evenly across DDP ranks.
+_C.SOLVER.IMS_PER_BATCH = 32
+# Mixed precision: "off", "bf16" or "fp16" (fp16 uses a gradient scaler and needs a GPU).
+_C.SOLVER.AMP = "off"
+# Optimizer step every ACCUM_STEPS batches; gradient norm clipped to CLIP_GRAD_NORM (0 = off).
+_C.SOLVER.ACCUM_STEPS = 1
+_C.SOLVER.CLIP_GRAD_NORM = 0.0
+# Epochs between checkpoints and between evaluations (0 = only at the end); iterations between logs.
+_C.SOLVER.CHECKPOINT_PERIOD = 10
+_C.SOLVER.EVAL_PERIOD = 10
+_C.SOLVER.LOG_PERIOD = 50
 
 # ---------------------------------------------------------------------------------------------- TEST
 _C.TEST = CN()

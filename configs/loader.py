@@ -131,9 +131,14 @@ def save_config(cfg: CN, output_dir: str) -> str:
 
 def add_config_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--config_file", default="", help="YAML config (may name a _BASE_)")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, default=[],
-                        help="KEY VALUE overrides, e.g. MODEL.DEVICE cpu SOLVER.BASE_LR 0.001")
+    parser.add_argument("opts", nargs="*", default=[], metavar="KEY VALUE",
+                        help="config overrides, e.g. MODEL.DEVICE cpu SOLVER.BASE_LR 0.001")
     return parser
+
+
+def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """Flags (e.g. --resume) may come before, between or after the KEY VALUE overrides."""
+    return parser.parse_intermixed_args(argv)
 
 
 def setup_config(args: argparse.Namespace) -> CN:

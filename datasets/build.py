@@ -1,6 +1,10 @@
 """Dataset registry and loader builders."""
 from __future__ import annotations
 
+import random
+
+import numpy as np
+import torch
 from torch.utils.data import DataLoader
 
 from utils.registry import Registry
@@ -8,9 +12,11 @@ from utils.registry import Registry
 from .chip_dataset import ChipDataset
 from .hoss import HOSS
 from .radiometry import ChipDecoder
-from .records import ChipRecord
+from .records import ChipRecord, DatasetError
 from .ship_size import ShipSizeEncoder
-from .transforms import build_test_transform
+from .pairs import PairDataset, ShuffledBatchSampler, collate_pairs, scan_pairs
+from .samplers import PKBatchSampler
+from .transforms import build_test_transform, build_train_transform
 
 DATASETS = Registry("dataset")
 DATASETS.register("HOSS")(HOSS)
@@ -26,3 +32,45 @@ def build_test_loader(cfg, records: list[ChipRecord]) -> DataLoader:
     workers = cfg.DATALOADER.NUM_WORKERS
     return DataLoader(dataset, batch_size=cfg.TEST.IMS_PER_BATCH, shuffle=False, num_workers=workers,
                       persistent_workers=False, pin_memory=False)
+
+
+SAMPLERS = ("pk", "pk_modality")
+
+
+def seed_worker(worker_id: int) -> None:
+    """Seed python and numpy in each worker from torch's per-worker seed (augmentation itself is
+    seeded per item; this covers any library that draws from the global generators)."""
+    seed = torch.initial_seed() % 2 ** 32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def build_train_loader(cfg, records: list[ChipRecord], labels: list[int], rank: int = 0,
+                       world_size: int = 1) -> DataLoader:
+    """PK batches of training chips; call `loader.batch_sampler.set_epoch(e)` before each epoch."""
+    if cfg.DATALOADER.SAMPLER not in SAMPLERS:
+        raise DatasetError(f"DATALOADER.SAMPLER must be one of {SAMPLERS}, got {cfg.DATALOADER.SAMPLER!r}")
+    dataset = ChipDataset(records, ChipDecoder.from_config(cfg), ShipSizeEncoder.from_config(cfg),
+                          build_train_transform(cfg), labels=labels)
+    sampler = PKBatchSampler(labels, [r.modality for r in records], cfg.SOLVER.IMS_PER_BATCH,
+                             cfg.DATALOADER.NUM_INSTANCE, seed=cfg.SEED,
+                             modality_balanced=cfg.DATALOADER.SAMPLER == "pk_modality", rank=rank,
+                             world_size=world_size)
+    workers = cfg.DATALOADER.NUM_WORKERS
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, persistent_workers=workers > 0,
+                      worker_init_fn=seed_worker, pin_memory=torch.cuda.is_available())
+
+
+def build_pair_loader(cfg, rank: int = 0, world_size: int = 1) -> DataLoader:
+    """Batches of SOLVER.IMS_PER_BATCH / 2 optical-SAR pairs (optical images first, then SAR)."""
+    if cfg.SOLVER.IMS_PER_BATCH % 2:
+        raise DatasetError(f"SOLVER.IMS_PER_BATCH ({cfg.SOLVER.IMS_PER_BATCH}) counts images of pairs; make it even")
+    pairs = scan_pairs(cfg.DATASETS.ROOT_DIR)
+    chips = ChipDataset([], ChipDecoder.from_config(cfg), ShipSizeEncoder.from_config(cfg),
+                        build_train_transform(cfg))
+    sampler = ShuffledBatchSampler(len(pairs), cfg.SOLVER.IMS_PER_BATCH // 2, seed=cfg.SEED, rank=rank,
+                                   world_size=world_size)
+    workers = cfg.DATALOADER.NUM_WORKERS
+    return DataLoader(PairDataset(pairs, chips), batch_sampler=sampler, collate_fn=collate_pairs,
+                      num_workers=workers, persistent_workers=workers > 0, worker_init_fn=seed_worker,
+                      pin_memory=torch.cuda.is_available())

@@ -1,8 +1,9 @@
 """A torch Dataset over chip records: every item is a dict (image, modality, size, pid, name)."""
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -14,7 +15,8 @@ from .ship_size import ShipSizeEncoder
 class ChipDataset(Dataset):
     """Decodes each record's file, computes its size vector and applies `transform`.
 
-    `labels` (optional) are the training class indices, one per record.
+    `labels` (optional) are the training class indices, one per record. An item is asked for either by
+    index (test) or by (index, seed) from a training sampler: the seed tuple drives the augmentation.
     """
 
     def __init__(self, records: Sequence[ChipRecord], decoder: ChipDecoder, size_encoder: ShipSizeEncoder,
@@ -26,17 +28,21 @@ class ChipDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> dict:
-        record = self.records[index]
+    def item(self, record: ChipRecord, rng: Optional[np.random.Generator] = None) -> dict:
+        """One decoded, transformed chip (without dataset index or label)."""
         pixels, (width, height) = self.decoder(record.path, record.modality)
-        item = {
-            "image": self.transform(pixels),
+        return {
+            "image": self.transform(pixels, rng),
             "modality": record.modality,
             "size": torch.tensor(self.size_encoder(width, height, record.modality), dtype=torch.float32),
             "pid": record.pid,
             "name": record.name,
-            "index": index,
         }
+
+    def __getitem__(self, key: Union[int, tuple]) -> dict:
+        index, rng = (key, None) if isinstance(key, int) else (key[0], np.random.default_rng(key[1]))
+        item = self.item(self.records[index], rng)
+        item["index"] = index
         if self.labels is not None:
             item["label"] = self.labels[index]
         return item

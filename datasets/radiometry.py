@@ -49,6 +49,9 @@ class ChipDecoder:
         image = open_image(path)
         if modality == OPTICAL:
             return decode_optical(image, path), image.size
+        if image.mode == "L" and path.lower().endswith(".png"):
+            # 8-bit SAR PNGs (SEN1-2 style pretraining pairs) are already grey levels
+            return np.repeat(np.asarray(image, dtype=np.uint8)[:, :, None], 3, axis=2), image.size
         return self.sar_to_rgb(decode_sar(image, path)), image.size
 
     def sar_to_rgb(self, amplitude: np.ndarray) -> np.ndarray:

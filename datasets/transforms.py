@@ -1,25 +1,55 @@
-"""Geometric transforms on 8-bit chips. Pixel normalisation happens on the device (model/normalize)."""
+"""Geometric transforms on 8-bit chips, returning uint8 3 x H x W tensors.
+
+Pixel normalisation and random erasing happen on the device (model/reid_model.py, datasets/erasing.py).
+Training transforms draw from a numpy Generator that the dataset seeds per item, so augmentation is a
+function of (seed, epoch, batch, slot) and does not depend on worker count or resume point.
+"""
 from __future__ import annotations
+
+from typing import Optional
 
 import numpy as np
 import torch
 from PIL import Image
 
 
-class ResizeToTensor:
-    """Resize a uint8 H x W x 3 array to `size` (H, W) with PIL and return a uint8 3 x H x W tensor.
+def _to_tensor(image: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).contiguous()
 
-    PIL bilinear is what torchvision's Resize does on PIL images, i.e. the official test pipeline.
-    """
+
+class ResizeToTensor:
+    """Resize to `size` (H, W) with PIL (bilinear: torchvision's Resize on PIL, the official test path)."""
 
     def __init__(self, size, interpolation=Image.BILINEAR):
         self.height, self.width = int(size[0]), int(size[1])
         self.interpolation = interpolation
 
-    def __call__(self, array: np.ndarray) -> torch.Tensor:
-        image = Image.fromarray(array).resize((self.width, self.height), self.interpolation)
-        return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).contiguous()
+    def __call__(self, array: np.ndarray, rng: Optional[np.random.Generator] = None) -> torch.Tensor:
+        return _to_tensor(Image.fromarray(array).resize((self.width, self.height), self.interpolation))
+
+
+class TrainTransform:
+    """Official training geometry: bicubic resize, horizontal flip, zero padding, random crop."""
+
+    def __init__(self, size, flip_prob: float, padding: int):
+        self.resize = ResizeToTensor(size, Image.BICUBIC)
+        self.flip_prob, self.padding = flip_prob, padding
+
+    def __call__(self, array: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+        image = self.resize(array)
+        if rng.random() < self.flip_prob:
+            image = image.flip(-1)
+        if self.padding:
+            p = self.padding
+            image = torch.nn.functional.pad(image, (p, p, p, p))
+            top, left = rng.integers(0, 2 * p + 1, size=2)
+            image = image[:, top:top + self.resize.height, left:left + self.resize.width]
+        return image.contiguous()
 
 
 def build_test_transform(cfg) -> ResizeToTensor:
     return ResizeToTensor(cfg.INPUT.SIZE_TEST)
+
+
+def build_train_transform(cfg) -> TrainTransform:
+    return TrainTransform(cfg.INPUT.SIZE_TRAIN, cfg.INPUT.FLIP_PROB, cfg.INPUT.PADDING)

@@ -10,7 +10,7 @@ NECK_FEATS = ("before", "after")
 
 
 class PixelNormalizer(nn.Module):
-    """uint8 (or [0, 255]-scaled) images to normalised float, on whatever device the batch is on.
+    """uint8 images to normalised float, on whatever device the batch is on.
 
     Same arithmetic as torchvision's ToTensor + Normalize, so results match the official pipeline.
     """
@@ -21,9 +21,7 @@ class PixelNormalizer(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if images.dtype == torch.uint8:
-            images = images.float().div(255)
-        return images.sub(self.mean).div(self.std)
+        return images.float().div(255).sub(self.mean).div(self.std)
 
 
 class BNNeck(nn.BatchNorm1d):
@@ -35,7 +33,11 @@ class BNNeck(nn.BatchNorm1d):
 
 
 class ReIDModel(nn.Module):
-    """outputs = {"feat": pre-neck feature, "feat_bn": after the neck, "logits": in training}."""
+    """outputs = {"feat": pre-neck feature, "feat_bn": after the neck, "logits": in training}.
+
+    batch["image"] is uint8 (normalised here) or float that is already normalised (training batches
+    after on-device augmentation).
+    """
 
     def __init__(self, backbone: nn.Module, embed_dim: int, num_classes: int, pixel_mean, pixel_std):
         super().__init__()
@@ -48,7 +50,9 @@ class ReIDModel(nn.Module):
             nn.init.normal_(self.classifier.weight, std=0.001)
 
     def forward(self, batch: dict) -> dict:
-        images = self.normalizer(batch["image"])
+        images = batch["image"]
+        if images.dtype == torch.uint8:
+            images = self.normalizer(images)
         feat = self.backbone(images, batch["modality"], batch["size"])
         feat_bn = self.neck(feat)
         outputs = {"feat": feat, "feat_bn": feat_bn}

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+from .errors import ShipReIDError
+
 
 class Registry:
     def __init__(self, kind: str):
@@ -21,7 +23,7 @@ class Registry:
     def get(self, name: str, key_hint: str = "") -> Callable:
         if name not in self._items:
             where = f" (config key {key_hint})" if key_hint else ""
-            raise KeyError(f"unknown {self.kind} {name!r}{where}; registered: {sorted(self._items)}")
+            raise ShipReIDError(f"unknown {self.kind} {name!r}{where}; registered: {sorted(self._items)}")
         return self._items[name]
 
     def __contains__(self, name: str) -> bool:

@@ -1,0 +1,114 @@
+"""OptiSar_Pair: co-registered optical/SAR pairs for contrastive pretraining.
+
+Layout `<root>/OptiSar_Pair/<folder>/<scene>_<pairid>_..._<RGB|SAR>.<tif|png>`: the pair id is the second
+`_`-separated token and the modality the last. Pairs are keyed by (folder, pair id), so equal ids in
+different folders never pair up (the official reader merged them).
+"""
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from utils.errors import ShipReIDError
+
+from .chip_dataset import ChipDataset
+from .records import MODALITY_TAGS, OPTICAL, SAR, ChipRecord, DatasetError
+
+PAIR_FOLDER = "OptiSar_Pair"
+PAIR_EXTENSIONS = (".tif", ".png")
+
+
+def scan_pairs(root: str) -> list[tuple[ChipRecord, ChipRecord]]:
+    """Every (optical, SAR) pair: the cartesian product of each key's optical and SAR files."""
+    base = os.path.join(root, PAIR_FOLDER)
+    if not os.path.isdir(base):
+        raise DatasetError(f"pair folder not found: {base}; DATASETS.ROOT_DIR must contain {PAIR_FOLDER}/")
+    groups: dict[tuple[str, str], dict[int, list[ChipRecord]]] = defaultdict(lambda: defaultdict(list))
+    for folder in sorted(os.listdir(base)):
+        folder_path = os.path.join(base, folder)
+        if not os.path.isdir(folder_path):
+            raise DatasetError(f"{folder_path}: {PAIR_FOLDER}/ must contain only sub-folders of pairs")
+        for name in sorted(os.listdir(folder_path)):
+            path = os.path.join(folder_path, name)
+            stem, ext = os.path.splitext(name)
+            tokens = stem.split("_")
+            if ext.lower() not in PAIR_EXTENSIONS or len(tokens) < 3 or tokens[-1] not in MODALITY_TAGS:
+                raise DatasetError(f"{path}: pair file names must look like '<scene>_<pairid>_<RGB|SAR>.tif' "
+                                   "(.png also accepted); rename or remove the file")
+            modality = MODALITY_TAGS[tokens[-1]]
+            groups[(folder, tokens[1])][modality].append(ChipRecord(path, -1, modality))
+    pairs = []
+    for key in sorted(groups):
+        found = groups[key]
+        if not found[OPTICAL] or not found[SAR]:
+            lone = (found[OPTICAL] or found[SAR])[0].path
+            raise DatasetError(f"{lone}: pair id {key[1]} in folder {key[0]} has no "
+                               f"{'SAR' if not found[SAR] else 'optical'} partner; add it or remove the file")
+        pairs += [(o, s) for o in found[OPTICAL] for s in found[SAR]]
+    if not pairs:
+        raise DatasetError(f"no pairs found under {base}")
+    return pairs
+
+
+class PairDataset(Dataset):
+    """Item = {"optical": chip item, "sar": chip item}; each side augmented independently."""
+
+    def __init__(self, pairs, chips: ChipDataset):
+        """`chips` supplies decoding and transforms (its own record list is not used)."""
+        self.pairs, self.chips = pairs, chips
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, key):
+        index, seed = key
+        optical, sar = self.pairs[index]
+        items = [self.chips.item(record, np.random.default_rng((*seed, side)))
+                 for side, record in ((0, optical), (1, sar))]
+        items[0]["pid"] = items[1]["pid"] = index
+        return {"optical": items[0], "sar": items[1]}
+
+
+def collate_pairs(items: list[dict]) -> dict:
+    """All optical images first, then their SAR partners in the same order."""
+    batch = {}
+    sides = [item["optical"] for item in items] + [item["sar"] for item in items]
+    for key in sides[0]:
+        values = [side[key] for side in sides]
+        batch[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else (
+            torch.tensor(values) if isinstance(values[0], int) else values)
+    return batch
+
+
+class ShuffledBatchSampler(Sampler):
+    """Shuffled full batches of `batch_size` items per epoch (remainder dropped), sliced per rank."""
+
+    def __init__(self, num_items: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1):
+        if batch_size % world_size:
+            raise ShipReIDError(f"batch of {batch_size} pairs cannot be split over {world_size} ranks")
+        if num_items < batch_size:
+            raise ShipReIDError(f"{num_items} pairs are fewer than one batch of {batch_size}; lower "
+                                "SOLVER.IMS_PER_BATCH")
+        self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch, self.skip_batches = 0, 0
+
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        self.epoch, self.skip_batches = epoch, skip_batches
+
+    def __iter__(self) -> Iterator[list[tuple[int, tuple]]]:
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.num_items)
+        per_rank = self.batch_size // self.world_size
+        start = self.rank * per_rank
+        for number in range(self.skip_batches, self.num_items // self.batch_size):
+            batch = order[number * self.batch_size:(number + 1) * self.batch_size]
+            yield [(int(index), (self.seed, self.epoch, number, start + slot))
+                   for slot, index in enumerate(batch[start:start + per_rank])]
+
+    def __len__(self) -> int:
+        return self.num_items // self.batch_size - self.skip_batches

@@ -1,0 +1,91 @@
+"""Checkpoint files: full training state with a `last_checkpoint` pointer, and weights-only exports.
+
+Every file is written to a temporary name in the same folder and renamed into place, so a kill during a
+save never leaves a partial file under a real name (the pointer is only updated after the rename).
+"""
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+from model.weights import to_official
+from utils.errors import ShipReIDError
+
+LAST_POINTER = "last_checkpoint"
+CHECKPOINT_DIR = "checkpoints"
+
+
+def atomic_save(obj, path: str) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_training_state(output_dir: str, name: str, state: dict) -> str:
+    path = os.path.join(output_dir, CHECKPOINT_DIR, name)
+    atomic_save(state, path)
+    pointer = os.path.join(output_dir, CHECKPOINT_DIR, LAST_POINTER)
+    with open(pointer + ".tmp", "w") as f:
+        f.write(name + "\n")
+    os.replace(pointer + ".tmp", pointer)
+    return path
+
+
+def last_checkpoint(output_dir: str) -> str | None:
+    pointer = os.path.join(output_dir, CHECKPOINT_DIR, LAST_POINTER)
+    if not os.path.isfile(pointer):
+        return None
+    with open(pointer) as f:
+        path = os.path.join(output_dir, CHECKPOINT_DIR, f.read().strip())
+    if not os.path.isfile(path):
+        raise ShipReIDError(f"{pointer} names {path}, which does not exist; delete the pointer to start over")
+    return path
+
+
+def load_training_state(path: str) -> dict:
+    # Training states hold RNG states (numpy arrays, tuples), so they are not weights-only files. They are
+    # only ever read from this run's own OUTPUT_DIR.
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001
+        raise ShipReIDError(f"{path}: cannot read the checkpoint ({type(err).__name__}: {err})") from None
+
+
+def export_weights(model, output_dir: str, stem: str) -> tuple[str, str]:
+    """`<stem>.pth` (shipreid layout, for test.py) and `<stem>_official.pth` (official TransOSS layout)."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    ours = os.path.join(output_dir, f"{stem}.pth")
+    official = os.path.join(output_dir, f"{stem}_official.pth")
+    atomic_save(state, ours)
+    atomic_save(to_official(state), official)
+    return ours, official
+
+
+def export_backbone(model, output_dir: str, stem: str) -> str:
+    """Backbone-only weights (for MODEL.PRETRAIN_PATH of fine-tuning)."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items() if k.startswith("backbone.")}
+    path = os.path.join(output_dir, f"{stem}.pth")
+    atomic_save(state, path)
+    return path

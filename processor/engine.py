@@ -1,0 +1,123 @@
+"""The one training loop shared by train.py and train_pair.py; the periphery lives in hooks."""
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import torch
+
+from datasets.erasing import RandomErasing
+from utils.device import move_batch
+from utils.errors import ShipReIDError
+
+from .checkpoint import load_training_state, rng_state, set_rng_state
+from .optim_step import OptimizerStep, autocast_context
+
+logger = logging.getLogger("shipreid.train")
+
+
+class TrainingDiverged(ShipReIDError):
+    """A loss became NaN or infinite."""
+
+
+def unwrap(model):
+    return model.module if hasattr(model, "module") else model
+
+
+class Trainer:
+    """Epochs 1..MAX_EPOCHS of: LR for the epoch, then (augment on device, forward, losses, step) per batch.
+
+    State that a resume restores: model, optimizer, scheduler, scaler, RNG states, epoch, the position
+    inside the epoch, and what the hooks keep (best metric).
+    """
+
+    def __init__(self, cfg, model, criterion, optimizer, scheduler, loader, device, hooks=(), rank: int = 0):
+        self.cfg, self.model, self.criterion = cfg, model, criterion
+        self.optimizer, self.scheduler, self.loader = optimizer, scheduler, loader
+        self.device, self.hooks, self.rank = device, list(hooks), rank
+        params = list(model.parameters()) + list(criterion.parameters())
+        self.step_wrapper = OptimizerStep(optimizer, params, cfg.SOLVER.AMP, device, cfg.SOLVER.ACCUM_STEPS,
+                                          cfg.SOLVER.CLIP_GRAD_NORM)
+        self.erasing = RandomErasing(cfg.INPUT.RE_PROB)
+        self.max_epochs = cfg.SOLVER.MAX_EPOCHS
+        self.epoch = 1           # the epoch being trained (or next to train)
+        self.iteration = 0       # batches finished inside self.epoch
+        self.global_step = 0
+        self.extra_state: dict = {}  # hooks keep their resumable state here (best metric, ...)
+        self.last_losses: dict = {}
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        return {
+            "model": unwrap(self.model).state_dict(), "criterion": self.criterion.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "step_wrapper": self.step_wrapper.state_dict(), "rng": rng_state(), "epoch": self.epoch,
+            "iteration": self.iteration, "global_step": self.global_step, "extra": dict(self.extra_state),
+            "config": self.cfg.dump(),
+        }
+
+    def resume(self, path: str) -> None:
+        state = load_training_state(path)
+        unwrap(self.model).load_state_dict(state["model"])
+        self.criterion.load_state_dict(state["criterion"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step_wrapper.load_state_dict(state["step_wrapper"])
+        set_rng_state(state["rng"])
+        self.epoch, self.iteration = state["epoch"], state["iteration"]
+        self.global_step, self.extra_state = state["global_step"], state["extra"]
+        logger.info("resumed from %s at epoch %d, iteration %d", path, self.epoch, self.iteration)
+
+    def batches_in_epoch(self) -> int:
+        """Batches of the current epoch, including those skipped by a resume inside it."""
+        sampler = self.loader.batch_sampler
+        return len(sampler) + sampler.skip_batches
+
+    # ------------------------------------------------------------------ loop
+    def _call(self, event: str) -> None:
+        for hook in self.hooks:
+            getattr(hook, event)(self)
+
+    def train(self) -> None:
+        self._call("before_train")
+        while self.epoch <= self.max_epochs:
+            self.scheduler.step(self.epoch)
+            self.loader.batch_sampler.set_epoch(self.epoch, skip_batches=self.iteration)
+            self._call("before_epoch")
+            self.model.train()
+            num_batches = self.batches_in_epoch()
+            for batch in self.loader:
+                boundary = (self.iteration + 1) % self.cfg.SOLVER.ACCUM_STEPS == 0 or \
+                    self.iteration + 1 == num_batches
+                self.run_step(batch, boundary)
+                self.iteration += 1
+                self.global_step += 1
+                self._call("after_step")
+            self._call("after_epoch")
+            self.epoch, self.iteration = self.epoch + 1, 0
+            self._call("after_epoch_advanced")
+        self._call("after_train")
+
+    def augment_rng(self) -> np.random.Generator:
+        return np.random.default_rng([self.cfg.SEED, self.epoch, self.iteration, self.rank, 1])
+
+    def run_step(self, batch: dict, boundary: bool) -> None:
+        batch = move_batch(batch, self.device)
+        images = unwrap(self.model).normalizer(batch["image"])
+        batch["image"] = self.erasing(images, self.augment_rng())
+        with autocast_context(self.cfg.SOLVER.AMP, self.device):
+            outputs = self.model(batch)
+            losses = self.criterion(outputs, batch)
+        values = {name: value.detach() for name, value in losses.items()}
+        if not all(math.isfinite(v.item()) for v in values.values()):
+            raise TrainingDiverged(
+                f"non-finite loss at epoch {self.epoch}, iteration {self.iteration + 1}: "
+                + ", ".join(f"{k}={v.item():.4g}" for k, v in values.items())
+                + "; lower SOLVER.BASE_LR, use SOLVER.AMP bf16/off, or set SOLVER.CLIP_GRAD_NORM")
+        self.step_wrapper.backward(losses["total"], boundary)
+        self.last_losses = {k: v.item() for k, v in values.items()}
+
+    @property
+    def lr(self) -> float:
+        return max(group["lr"] for group in self.optimizer.param_groups)

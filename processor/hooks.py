@@ -1,0 +1,113 @@
+"""Trainer hooks: progress and logs, TensorBoard, periodic evaluation, checkpoints."""
+from __future__ import annotations
+
+import logging
+import time
+
+from tqdm import tqdm
+
+from .checkpoint import export_weights, save_training_state
+from .engine import unwrap
+from .evaluator import format_results, write_results
+
+logger = logging.getLogger("shipreid.train")
+
+
+class Hook:
+    def before_train(self, trainer): pass
+    def before_epoch(self, trainer): pass
+    def after_step(self, trainer): pass
+    def after_epoch(self, trainer): pass
+    def after_epoch_advanced(self, trainer): pass
+    def after_train(self, trainer): pass
+
+
+class ProgressHook(Hook):
+    """A progress bar per epoch with the losses, and a log line every LOG_PERIOD steps with the ETA."""
+
+    def __init__(self, log_period: int, writer=None):
+        self.log_period, self.writer = max(1, log_period), writer
+        self.bar = None
+
+    def before_train(self, trainer):
+        self.start_time, self.start_step = time.time(), trainer.global_step
+
+    def before_epoch(self, trainer):
+        total = trainer.batches_in_epoch()
+        self.bar = tqdm(total=total, initial=trainer.iteration, desc=f"epoch {trainer.epoch}/{trainer.max_epochs}",
+                        unit="it", leave=False, dynamic_ncols=True)
+
+    def after_step(self, trainer):
+        self.bar.update(1)
+        losses = trainer.last_losses
+        self.bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()}, refresh=False)
+        if self.writer is not None:
+            for name, value in losses.items():
+                self.writer.add_scalar(f"loss/{name}", value, trainer.global_step)
+            self.writer.add_scalar("lr", trainer.lr, trainer.global_step)
+        if trainer.global_step % self.log_period == 0:
+            done = trainer.global_step - self.start_step
+            per_step = (time.time() - self.start_time) / max(done, 1)
+            remaining = (trainer.max_epochs - trainer.epoch) * trainer.batches_in_epoch() + \
+                trainer.batches_in_epoch() - trainer.iteration
+            logger.info("epoch %d iter %d/%d  %s  lr %.2e  %.2f s/it  eta %s", trainer.epoch, trainer.iteration,
+                        trainer.batches_in_epoch(), "  ".join(f"{k} {v:.4f}" for k, v in losses.items()),
+                        trainer.lr, per_step, _hms(per_step * remaining))
+
+    def after_epoch(self, trainer):
+        self.bar.close()
+        logger.info("epoch %d done: %s", trainer.epoch,
+                    "  ".join(f"{k} {v:.4f}" for k, v in trainer.last_losses.items()))
+
+
+def _hms(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class EvalHook(Hook):
+    """Evaluates every `period` epochs and after the last; tracks the best ALL (or first protocol) mAP."""
+
+    def __init__(self, evaluator, period: int, output_dir: str, writer=None):
+        self.evaluator, self.period, self.output_dir, self.writer = evaluator, period, output_dir, writer
+        self.results = None
+
+    def _evaluate(self, trainer, epoch: int):
+        results, _ = self.evaluator.evaluate(trainer.model, trainer.device)
+        logger.info("evaluation after epoch %d (%%):\n%s", epoch, format_results(results))
+        if self.writer is not None:
+            for protocol, metrics in results.items():
+                for name in ("mAP", "R1", "R5", "R10", "mINP"):
+                    self.writer.add_scalar(f"eval/{protocol}/{name}", metrics[name], epoch)
+        key = next(iter(results))
+        best = trainer.extra_state.get("best_mAP", -1.0)
+        if results[key]["mAP"] > best:
+            trainer.extra_state.update(best_mAP=results[key]["mAP"], best_epoch=epoch)
+            export_weights(unwrap(trainer.model), self.output_dir, "model_best")
+        self.results = results
+        return results
+
+    def after_epoch(self, trainer):
+        last = trainer.epoch == trainer.max_epochs
+        if last or (self.period > 0 and trainer.epoch % self.period == 0):
+            self._evaluate(trainer, trainer.epoch)
+            if last:
+                write_results(self.results, self.output_dir)
+
+
+class CheckpointHook(Hook):
+    """Full training state every `period` epochs and at the end; weights-only exports at the end."""
+
+    def __init__(self, period: int, output_dir: str, final_exports=()):
+        self.period, self.output_dir, self.final_exports = period, output_dir, final_exports
+
+    def after_epoch_advanced(self, trainer):
+        finished = trainer.epoch - 1
+        if finished == trainer.max_epochs or (self.period > 0 and finished % self.period == 0):
+            path = save_training_state(self.output_dir, f"epoch_{finished:04d}.pth", trainer.state_dict())
+            logger.info("saved %s", path)
+
+    def after_train(self, trainer):
+        for export in self.final_exports:
+            for path in export(trainer):
+                logger.info("wrote %s", path)

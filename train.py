@@ -1,0 +1,78 @@
+"""Fine-tune TransOSS on HOSS ReID (identity + triplet losses), evaluating ALL, O2S and S2O.
+
+  python train.py --config_file configs/hoss/transoss.yml DATASETS.ROOT_DIR <dir with HOSS/>
+  python train.py --config_file ... --resume        # continue from OUTPUT_DIR's last checkpoint
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from torch.utils.tensorboard import SummaryWriter
+
+from configs import add_config_args, parse_args
+from datasets import build_dataset, build_train_loader
+from datasets.hoss import format_statistics
+from loss import build_loss
+from model import build_model
+from model.weights import load_weights
+from processor.checkpoint import export_weights, last_checkpoint
+from processor.engine import Trainer, unwrap
+from processor.evaluator import Evaluator
+from processor.hooks import CheckpointHook, EvalHook, ProgressHook
+from processor.setup import setup_run
+from solver import CosineWarmupScheduler, build_optimizer
+from utils.errors import ShipReIDError
+
+
+def build_trainer(cfg, device, logger) -> Trainer:
+    dataset = build_dataset(cfg)
+    labels, pid_to_label = dataset.train_labels()
+    dataset.check_disjoint_identities()
+    protocols = [dataset.protocol(name) for name in cfg.DATASETS.PROTOCOLS]
+    rows = [("train", dataset.train)]
+    for p in protocols:
+        rows += [(f"{p.name} query", p.query), (f"{p.name} gallery", p.gallery)]
+    logger.info("data (%s):\n%s", dataset.root, format_statistics(rows))
+
+    model = build_model(cfg, num_classes=len(pid_to_label))
+    if cfg.MODEL.PRETRAIN_PATH:
+        load_weights(model, cfg.MODEL.PRETRAIN_PATH, mode="init", strict=cfg.MODEL.STRICT_LOAD)
+    else:
+        logger.info("MODEL.PRETRAIN_PATH is empty: training from random initialisation")
+    model.to(device)
+    criterion = build_loss(cfg).to(device)
+    optimizer = build_optimizer(cfg, model, criterion)
+    loader = build_train_loader(cfg, dataset.train, labels)
+    writer = SummaryWriter(os.path.join(cfg.OUTPUT_DIR, "tensorboard"))
+    hooks = [
+        ProgressHook(cfg.SOLVER.LOG_PERIOD, writer),
+        EvalHook(Evaluator(cfg, protocols), cfg.SOLVER.EVAL_PERIOD, cfg.OUTPUT_DIR, writer),
+        CheckpointHook(cfg.SOLVER.CHECKPOINT_PERIOD, cfg.OUTPUT_DIR,
+                       final_exports=[lambda t: export_weights(unwrap(t.model), cfg.OUTPUT_DIR, "model_final")]),
+    ]
+    return Trainer(cfg, model, criterion, optimizer, CosineWarmupScheduler(optimizer, cfg), loader, device, hooks)
+
+
+def main(argv=None):
+    parser = add_config_args(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
+    parser.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR's last checkpoint")
+    args = parse_args(parser, argv)
+    cfg, logger, device = setup_run(args, "train.log")
+    trainer = build_trainer(cfg, device, logger)
+    if args.resume:
+        path = last_checkpoint(cfg.OUTPUT_DIR)
+        if path is None:
+            raise ShipReIDError(f"--resume: no checkpoint in {cfg.OUTPUT_DIR}/checkpoints; run without --resume")
+        trainer.resume(path)
+    trainer.train()
+    return trainer
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except ShipReIDError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
