@@ -8,38 +8,35 @@ from __future__ import annotations
 import argparse
 import sys
 
-from configs import add_config_args, parse_args, setup_config
+from configs import add_config_args, parse_args
 from configs.loader import ConfigError
 from datasets import build_dataset
-from datasets.hoss import format_statistics
+from datasets.hoss import format_statistics, statistics_rows
 from model import build_model
 from model.weights import load_weights
 from processor.evaluator import Evaluator, format_results, write_results
-from utils.device import resolve_device
+from processor.setup import setup_run
+from utils.distributed import cleanup, is_main
 from utils.errors import ShipReIDError
-from utils.logger import setup_logger
 
 
 def main(argv=None) -> dict:
     args = parse_args(add_config_args(argparse.ArgumentParser(description=__doc__.split("\n")[0])), argv)
-    cfg = setup_config(args)
-    logger = setup_logger(cfg.OUTPUT_DIR, "test.log")
+    cfg, logger, device = setup_run(args, "test.log")
     if not cfg.TEST.WEIGHT:
         raise ConfigError("TEST.WEIGHT is empty: pass the checkpoint to evaluate, e.g. TEST.WEIGHT weights/model.pth")
-    device = resolve_device(cfg.MODEL.DEVICE)
 
     dataset = build_dataset(cfg)
     protocols = [dataset.protocol(name) for name in cfg.DATASETS.PROTOCOLS]
-    rows = []
-    for p in protocols:
-        rows += [(f"{p.name} query", p.query), (f"{p.name} gallery", p.gallery)]
-    logger.info("test data (%s):\n%s", dataset.root, format_statistics(rows))
+    logger.info("test data (%s):\n%s", dataset.root, format_statistics(statistics_rows(protocols)))
 
     model = build_model(cfg).to(device)
     load_weights(model, cfg.TEST.WEIGHT, mode="full", strict=cfg.MODEL.STRICT_LOAD)
     evaluator = Evaluator(cfg, protocols)
     logger.info("embedding %d unique images on %s", len(evaluator.records), device)
     results, feats = evaluator.evaluate(model, device)
+    if not is_main():
+        return results
     logger.info("results (%%):\n%s", format_results(results))
     logger.info("wrote %s", write_results(results, cfg.OUTPUT_DIR))
     if cfg.TEST.SAVE_FEATS:
@@ -54,3 +51,5 @@ if __name__ == "__main__":
     except ShipReIDError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        cleanup()

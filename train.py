@@ -13,16 +13,17 @@ from torch.utils.tensorboard import SummaryWriter
 
 from configs import add_config_args, parse_args
 from datasets import build_dataset, build_train_loader
-from datasets.hoss import format_statistics
+from datasets.hoss import format_statistics, statistics_rows
 from loss import build_loss
 from model import build_model
 from model.weights import load_weights
 from processor.checkpoint import export_weights, last_checkpoint
-from processor.engine import Trainer, unwrap
+from processor.engine import Trainer, unwrap, wrap_ddp
 from processor.evaluator import Evaluator
 from processor.hooks import CheckpointHook, EvalHook, ProgressHook
 from processor.setup import setup_run
 from solver import CosineWarmupScheduler, build_optimizer
+from utils.distributed import cleanup, is_main, rank, world_size
 from utils.errors import ShipReIDError
 
 
@@ -31,10 +32,7 @@ def build_trainer(cfg, device, logger) -> Trainer:
     labels, pid_to_label = dataset.train_labels()
     dataset.check_disjoint_identities()
     protocols = [dataset.protocol(name) for name in cfg.DATASETS.PROTOCOLS]
-    rows = [("train", dataset.train)]
-    for p in protocols:
-        rows += [(f"{p.name} query", p.query), (f"{p.name} gallery", p.gallery)]
-    logger.info("data (%s):\n%s", dataset.root, format_statistics(rows))
+    logger.info("data (%s):\n%s", dataset.root, format_statistics(statistics_rows(protocols, dataset.train)))
 
     model = build_model(cfg, num_classes=len(pid_to_label))
     if cfg.MODEL.PRETRAIN_PATH:
@@ -44,15 +42,16 @@ def build_trainer(cfg, device, logger) -> Trainer:
     model.to(device)
     criterion = build_loss(cfg).to(device)
     optimizer = build_optimizer(cfg, model, criterion)
-    loader = build_train_loader(cfg, dataset.train, labels)
-    writer = SummaryWriter(os.path.join(cfg.OUTPUT_DIR, "tensorboard"))
+    loader = build_train_loader(cfg, dataset.train, labels, rank(), world_size())
+    writer = SummaryWriter(os.path.join(cfg.OUTPUT_DIR, "tensorboard")) if is_main() else None
     hooks = [
         ProgressHook(cfg.SOLVER.LOG_PERIOD, writer),
         EvalHook(Evaluator(cfg, protocols), cfg.SOLVER.EVAL_PERIOD, cfg.OUTPUT_DIR, writer),
         CheckpointHook(cfg.SOLVER.CHECKPOINT_PERIOD, cfg.OUTPUT_DIR,
                        final_exports=[lambda t: export_weights(unwrap(t.model), cfg.OUTPUT_DIR, "model_final")]),
     ]
-    return Trainer(cfg, model, criterion, optimizer, CosineWarmupScheduler(optimizer, cfg), loader, device, hooks)
+    return Trainer(cfg, wrap_ddp(model, device), criterion, optimizer, CosineWarmupScheduler(optimizer, cfg),
+                   loader, device, hooks, rank())
 
 
 def main(argv=None):
@@ -76,3 +75,5 @@ if __name__ == "__main__":
     except ShipReIDError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        cleanup()

@@ -17,10 +17,11 @@ from loss import build_loss
 from model import build_model
 from model.weights import load_weights
 from processor.checkpoint import export_backbone, last_checkpoint
-from processor.engine import Trainer, unwrap
+from processor.engine import Trainer, unwrap, wrap_ddp
 from processor.hooks import CheckpointHook, ProgressHook
 from processor.setup import setup_run
 from solver import CosineWarmupScheduler, build_optimizer
+from utils.distributed import cleanup, is_main, rank, world_size
 from utils.errors import ShipReIDError
 
 
@@ -28,19 +29,20 @@ def build_pair_trainer(cfg, device, logger) -> Trainer:
     if list(cfg.LOSS.TERMS) != ["infonce"]:
         raise ShipReIDError(f"train_pair.py trains with LOSS.TERMS ['infonce'], got {list(cfg.LOSS.TERMS)}; "
                             "use configs/pretrain/transoss.yml")
-    loader = build_pair_loader(cfg)
+    loader = build_pair_loader(cfg, rank(), world_size())
     logger.info("%d optical-SAR pairs, %d pairs per batch", len(loader.dataset), cfg.SOLVER.IMS_PER_BATCH // 2)
     model = build_model(cfg)
     if cfg.MODEL.PRETRAIN_PATH:
         load_weights(model, cfg.MODEL.PRETRAIN_PATH, mode="init", strict=cfg.MODEL.STRICT_LOAD)
+    model.neck.requires_grad_(False)  # pretraining trains and exports the backbone only
     model.to(device)
     criterion = build_loss(cfg).to(device)
     optimizer = build_optimizer(cfg, model, criterion)
-    writer = SummaryWriter(os.path.join(cfg.OUTPUT_DIR, "tensorboard"))
+    writer = SummaryWriter(os.path.join(cfg.OUTPUT_DIR, "tensorboard")) if is_main() else None
     export = CheckpointHook(cfg.SOLVER.CHECKPOINT_PERIOD, cfg.OUTPUT_DIR, final_exports=[
         lambda t: [export_backbone(unwrap(t.model), cfg.OUTPUT_DIR, "backbone_final")]])
-    return Trainer(cfg, model, criterion, optimizer, CosineWarmupScheduler(optimizer, cfg), loader, device,
-                   [ProgressHook(cfg.SOLVER.LOG_PERIOD, writer), export])
+    return Trainer(cfg, wrap_ddp(model, device), criterion, optimizer, CosineWarmupScheduler(optimizer, cfg),
+                   loader, device, [ProgressHook(cfg.SOLVER.LOG_PERIOD, writer), export], rank())
 
 
 def main(argv=None):
@@ -64,3 +66,5 @@ if __name__ == "__main__":
     except ShipReIDError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        cleanup()

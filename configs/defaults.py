@@ -40,6 +40,9 @@ _C.MODEL.SSE = True
 # Initialisation weights (ImageNet ViT, contrastive TransOSS backbone, or a pretraining checkpoint).
 # Empty = random initialisation. The layout is detected from the keys; nothing is downloaded.
 _C.MODEL.PRETRAIN_PATH = ""
+# Synchronise the BN neck's batch statistics across DDP ranks (then a multi-process run computes the
+# same step as one process with the same global batch).
+_C.MODEL.SYNC_BN = False
 # Refuse weights whose keys do not fit the model (unexpected keys, shape mismatches). Set False to
 # load what fits and only report the rest.
 _C.MODEL.STRICT_LOAD = True
@@ -54,6 +57,9 @@ _C.LOSS.WEIGHTS = [1.0, 1.0]
 _C.LOSS.LABEL_SMOOTH = 0.0
 # Batch-hard triplet margin; 0 selects the soft-margin form log(1 + exp(d_ap - d_an)) (official).
 _C.LOSS.TRIPLET_MARGIN = 0.0
+# Under DDP, compute the triplet and InfoNCE losses on the batch gathered from every rank (hard
+# negatives and contrastive negatives from the whole global batch), as one process would.
+_C.LOSS.GATHER_ACROSS_RANKS = True
 # Symmetric InfoNCE: initial temperature (official 0.07) and the cap on the learned logit scale.
 _C.LOSS.INFONCE_TEMPERATURE = 0.07
 _C.LOSS.INFONCE_MAX_SCALE = 100.0
@@ -157,6 +163,11 @@ _C.TEST.RE_RANKING_K2 = 15
 _C.TEST.RE_RANKING_LAMBDA = 0.3
 # Write OUTPUT_DIR/features_<protocol>.npz (feats, pids, camids, names).
 _C.TEST.SAVE_FEATS = False
+
+# ---------------------------------------------------------------------------------------------- DIST
+_C.DIST = CN()
+# Seconds a collective may wait for the other ranks before the job fails (torchrun / process group).
+_C.DIST.TIMEOUT_S = 1800
 
 
 def get_cfg_defaults() -> CN:

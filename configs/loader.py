@@ -141,12 +141,18 @@ def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace
     return parser.parse_intermixed_args(argv)
 
 
-def setup_config(args: argparse.Namespace) -> CN:
-    """Load the config from parsed arguments and write the resolved copy to OUTPUT_DIR."""
-    cfg = load_config(args.config_file or None, args.opts)
+def write_config(cfg: CN) -> str:
+    """Save the resolved config to OUTPUT_DIR/config.yaml, or say clearly why OUTPUT_DIR is unusable."""
     try:
-        save_config(cfg, cfg.OUTPUT_DIR)
+        return save_config(cfg, cfg.OUTPUT_DIR)
     except OSError as err:
         raise ConfigError(f"OUTPUT_DIR {cfg.OUTPUT_DIR!r} cannot be written ({err.strerror}); "
                           "choose a writable folder with OUTPUT_DIR <path>") from None
+
+
+def setup_config(args: argparse.Namespace, write: bool = True) -> CN:
+    """Load the config from parsed arguments and (with `write`) save the resolved copy to OUTPUT_DIR."""
+    cfg = load_config(args.config_file or None, args.opts)
+    if write:
+        write_config(cfg)
     return cfg

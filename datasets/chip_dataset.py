@@ -31,13 +31,16 @@ class ChipDataset(Dataset):
     def item(self, record: ChipRecord, rng: Optional[np.random.Generator] = None) -> dict:
         """One decoded, transformed chip (without dataset index or label)."""
         pixels, (width, height) = self.decoder(record.path, record.modality)
-        return {
+        item = {
             "image": self.transform(pixels, rng),
             "modality": record.modality,
             "size": torch.tensor(self.size_encoder(width, height, record.modality), dtype=torch.float32),
             "pid": record.pid,
             "name": record.name,
         }
+        if rng is not None and hasattr(self.transform, "erase_box"):
+            item["erase"] = self.transform.erase_box(rng)
+        return item
 
     def __getitem__(self, key: Union[int, tuple]) -> dict:
         index, rng = (key, None) if isinstance(key, int) else (key[0], np.random.default_rng(key[1]))

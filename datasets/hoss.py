@@ -91,6 +91,13 @@ def split_statistics(records: list[ChipRecord]) -> dict:
     }
 
 
+def statistics_rows(protocols: list[Protocol], train: list[ChipRecord] | None = None) -> list:
+    rows = [("train", train)] if train is not None else []
+    for p in protocols:
+        rows += [(f"{p.name} query", p.query), (f"{p.name} gallery", p.gallery)]
+    return rows
+
+
 def format_statistics(rows: list[tuple[str, list[ChipRecord]]]) -> str:
     """A fixed-width table: one row per (label, records)."""
     header = f"{'subset':<22}{'ids':>6}{'images':>8}{'optical':>9}{'SAR':>6}{'distractors':>13}"

@@ -1,6 +1,7 @@
 """Geometric transforms on 8-bit chips, returning uint8 3 x H x W tensors.
 
-Pixel normalisation and random erasing happen on the device (model/reid_model.py, datasets/erasing.py).
+Pixel normalisation and the random-erasing fill happen on the device (model/reid_model.py,
+datasets/erasing.py).
 Training transforms draw from a numpy Generator that the dataset seeds per item, so augmentation is a
 function of (seed, epoch, batch, slot) and does not depend on worker count or resume point.
 """
@@ -11,6 +12,8 @@ from typing import Optional
 import numpy as np
 import torch
 from PIL import Image
+
+from .erasing import draw_box
 
 
 def _to_tensor(image: Image.Image) -> torch.Tensor:
@@ -29,11 +32,15 @@ class ResizeToTensor:
 
 
 class TrainTransform:
-    """Official training geometry: bicubic resize, horizontal flip, zero padding, random crop."""
+    """Official training geometry: bicubic resize, horizontal flip, zero padding, random crop; plus the
+    random-erasing box that the device fills after normalisation (`erase_box`)."""
 
-    def __init__(self, size, flip_prob: float, padding: int):
+    def __init__(self, size, flip_prob: float, padding: int, erase_prob: float):
         self.resize = ResizeToTensor(size, Image.BICUBIC)
-        self.flip_prob, self.padding = flip_prob, padding
+        self.flip_prob, self.padding, self.erase_prob = flip_prob, padding, erase_prob
+
+    def erase_box(self, rng: np.random.Generator) -> torch.Tensor:
+        return torch.tensor(draw_box(rng, self.erase_prob, self.resize.height, self.resize.width))
 
     def __call__(self, array: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
         image = self.resize(array)
@@ -52,4 +59,4 @@ def build_test_transform(cfg) -> ResizeToTensor:
 
 
 def build_train_transform(cfg) -> TrainTransform:
-    return TrainTransform(cfg.INPUT.SIZE_TRAIN, cfg.INPUT.FLIP_PROB, cfg.INPUT.PADDING)
+    return TrainTransform(cfg.INPUT.SIZE_TRAIN, cfg.INPUT.FLIP_PROB, cfg.INPUT.PADDING, cfg.INPUT.RE_PROB)

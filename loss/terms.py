@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from utils.distributed import all_gather_with_grad
 from utils.registry import Registry
 
 from .infonce import SymmetricInfoNCE
@@ -32,9 +33,13 @@ class TripletLoss(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         self.margin = cfg.LOSS.TRIPLET_MARGIN
+        self.gather = cfg.LOSS.GATHER_ACROSS_RANKS
 
     def forward(self, outputs: dict, batch: dict) -> torch.Tensor:
-        return batch_hard_triplet(outputs["feat"], batch["label"], self.margin)
+        feat, labels = outputs["feat"], batch["label"]
+        if self.gather:
+            feat, labels = all_gather_with_grad(feat), all_gather_with_grad(labels)
+        return batch_hard_triplet(feat, labels, self.margin)
 
 
 @LOSS_TERMS.register("infonce")
@@ -43,8 +48,14 @@ class PairInfoNCE(SymmetricInfoNCE):
 
     def __init__(self, cfg):
         super().__init__(cfg.LOSS.INFONCE_TEMPERATURE, cfg.LOSS.INFONCE_MAX_SCALE)
+        self.gather = cfg.LOSS.GATHER_ACROSS_RANKS
 
     def forward(self, outputs: dict, batch: dict) -> torch.Tensor:
         feat = outputs["feat"]
         half = feat.shape[0] // 2
-        return super().forward(feat[:half], feat[half:])
+        optical, sar = feat[:half], feat[half:]
+        if self.gather:
+            # every rank computes the loss over all pairs (negatives from the whole global batch); the
+            # temperature's gradient is then identical on every rank, so it needs no DDP averaging
+            optical, sar = all_gather_with_grad(optical), all_gather_with_grad(sar)
+        return super().forward(optical, sar)

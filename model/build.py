@@ -22,4 +22,5 @@ def build_transoss_backbone(cfg) -> TransOSSBackbone:
 def build_model(cfg, num_classes: int = 0) -> ReIDModel:
     """The ReID model; `num_classes` > 0 adds the identity classifier (training only)."""
     backbone = BACKBONES.get(cfg.MODEL.NAME, "MODEL.NAME")(cfg)
-    return ReIDModel(backbone, cfg.MODEL.EMBED_DIM, num_classes, cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD)
+    return ReIDModel(backbone, cfg.MODEL.EMBED_DIM, num_classes, cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD,
+                     sync_bn=cfg.MODEL.SYNC_BN)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from utils.distributed import all_reduce_sum_with_grad, world_size
 from utils.errors import ShipReIDError
 
 NECK_FEATS = ("before", "after")
@@ -25,11 +26,30 @@ class PixelNormalizer(nn.Module):
 
 
 class BNNeck(nn.BatchNorm1d):
-    """BatchNorm1d with the shift frozen at zero (the bias is not trained), as in BoT/TransReID."""
+    """BatchNorm1d with the shift frozen at zero (the bias is not trained), as in BoT/TransReID.
 
-    def __init__(self, dim: int):
+    With `sync`, training batch statistics are summed over DDP ranks (works on CPU/gloo too).
+    """
+
+    def __init__(self, dim: int, sync: bool = False):
         super().__init__(dim)
         self.bias.requires_grad_(False)
+        self.sync = sync
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.sync and self.training and world_size() > 1):
+            return super().forward(x)
+        dim = x.shape[1]
+        stats = torch.cat([x.sum(0), x.pow(2).sum(0), x.new_full((1,), x.shape[0])])
+        stats = all_reduce_sum_with_grad(stats)
+        count = stats[-1]
+        mean = stats[:dim] / count
+        var = stats[dim:2 * dim] / count - mean.pow(2)
+        with torch.no_grad():
+            self.num_batches_tracked += 1
+            self.running_mean.lerp_(mean.detach(), self.momentum)
+            self.running_var.lerp_(var.detach() * count / (count - 1), self.momentum)
+        return (x - mean) / torch.sqrt(var + self.eps) * self.weight + self.bias
 
 
 class ReIDModel(nn.Module):
@@ -39,11 +59,12 @@ class ReIDModel(nn.Module):
     after on-device augmentation).
     """
 
-    def __init__(self, backbone: nn.Module, embed_dim: int, num_classes: int, pixel_mean, pixel_std):
+    def __init__(self, backbone: nn.Module, embed_dim: int, num_classes: int, pixel_mean, pixel_std,
+                 sync_bn: bool = False):
         super().__init__()
         self.normalizer = PixelNormalizer(pixel_mean, pixel_std)
         self.backbone = backbone
-        self.neck = BNNeck(embed_dim)
+        self.neck = BNNeck(embed_dim, sync=sync_bn)
         self.classifier = None
         if num_classes > 0:
             self.classifier = nn.Linear(embed_dim, num_classes, bias=False)

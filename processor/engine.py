@@ -4,11 +4,13 @@ from __future__ import annotations
 import logging
 import math
 
-import numpy as np
 import torch
 
-from datasets.erasing import RandomErasing
+from datasets.erasing import apply_erasing
+from torch.nn.parallel import DistributedDataParallel
+
 from utils.device import move_batch
+from utils.distributed import world_size
 from utils.errors import ShipReIDError
 
 from .checkpoint import load_training_state, rng_state, set_rng_state
@@ -22,7 +24,15 @@ class TrainingDiverged(ShipReIDError):
 
 
 def unwrap(model):
-    return model.module if hasattr(model, "module") else model
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def wrap_ddp(model, device: torch.device):
+    """DDP over torchrun's ranks (no-op for one process). Every trainable parameter takes part in the
+    loss, so no `find_unused_parameters` (and its extra graph traversal) is needed."""
+    if world_size() == 1:
+        return model
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 class Trainer:
@@ -38,8 +48,7 @@ class Trainer:
         self.device, self.hooks, self.rank = device, list(hooks), rank
         params = list(model.parameters()) + list(criterion.parameters())
         self.step_wrapper = OptimizerStep(optimizer, params, cfg.SOLVER.AMP, device, cfg.SOLVER.ACCUM_STEPS,
-                                          cfg.SOLVER.CLIP_GRAD_NORM)
-        self.erasing = RandomErasing(cfg.INPUT.RE_PROB)
+                                          cfg.SOLVER.CLIP_GRAD_NORM, sync_params=list(criterion.parameters()))
         self.max_epochs = cfg.SOLVER.MAX_EPOCHS
         self.epoch = 1           # the epoch being trained (or next to train)
         self.iteration = 0       # batches finished inside self.epoch
@@ -99,13 +108,11 @@ class Trainer:
             self._call("after_epoch_advanced")
         self._call("after_train")
 
-    def augment_rng(self) -> np.random.Generator:
-        return np.random.default_rng([self.cfg.SEED, self.epoch, self.iteration, self.rank, 1])
-
     def run_step(self, batch: dict, boundary: bool) -> None:
         batch = move_batch(batch, self.device)
-        images = unwrap(self.model).normalizer(batch["image"])
-        batch["image"] = self.erasing(images, self.augment_rng())
+        batch["image"] = unwrap(self.model).normalizer(batch["image"])
+        if "erase" in batch:
+            batch["image"] = apply_erasing(batch["image"], batch["erase"])
         with autocast_context(self.cfg.SOLVER.AMP, self.device):
             outputs = self.model(batch)
             losses = self.criterion(outputs, batch)

@@ -14,6 +14,7 @@ from datasets import build_test_loader
 from datasets.hoss import Protocol
 from datasets.records import ChipRecord
 from utils.device import move_batch
+from utils.distributed import gather_objects, is_main, rank, world_size
 from utils.metrics import DEFAULT_RANKS, evaluate_ranking, squared_euclidean
 from utils.reranking import re_ranking
 
@@ -40,15 +41,27 @@ class Evaluator:
 
     @torch.no_grad()
     def extract(self, model, device) -> torch.Tensor:
-        """Features of every unique test image (row order of self.records), float32 on the host."""
+        """Features of every unique test image (row order of self.records), float32 on the host.
+
+        Under DDP each rank embeds every world-th image and all ranks receive the whole matrix.
+        """
         was_training = model.training
         model.eval()
+        rows = list(range(rank(), len(self.records), world_size()))
         feats = []
-        loader = build_test_loader(self.cfg, self.records)
-        for batch in tqdm(loader, desc="embed", unit="batch", leave=False, dynamic_ncols=True):
+        loader = build_test_loader(self.cfg, [self.records[i] for i in rows])
+        for batch in tqdm(loader, desc="embed", unit="batch", leave=False, dynamic_ncols=True, disable=not is_main()):
             feats.append(model.embed(move_batch(batch, device), self.cfg.TEST.NECK_FEAT).float().cpu())
         model.train(was_training)
-        return torch.cat(feats)
+        local = torch.cat(feats) if feats else torch.empty(0, 0)
+        if world_size() == 1:
+            return local
+        merged = None
+        for shard_rows, shard in gather_objects((rows, local)):
+            if merged is None:
+                merged = torch.empty(len(self.records), shard.shape[1])
+            merged[shard_rows] = shard
+        return merged
 
     def protocol_features(self, feats: torch.Tensor, protocol: Protocol):
         rows = [self.row[_image_key(r)] for r in protocol.query + protocol.gallery]

@@ -7,6 +7,8 @@ import time
 from tqdm import tqdm
 
 from .checkpoint import export_weights, save_training_state
+from utils.distributed import barrier, is_main
+
 from .engine import unwrap
 from .evaluator import format_results, write_results
 
@@ -35,7 +37,7 @@ class ProgressHook(Hook):
     def before_epoch(self, trainer):
         total = trainer.batches_in_epoch()
         self.bar = tqdm(total=total, initial=trainer.iteration, desc=f"epoch {trainer.epoch}/{trainer.max_epochs}",
-                        unit="it", leave=False, dynamic_ncols=True)
+                        unit="it", leave=False, dynamic_ncols=True, disable=not is_main())
 
     def after_step(self, trainer):
         self.bar.update(1)
@@ -73,7 +75,9 @@ class EvalHook(Hook):
         self.results = None
 
     def _evaluate(self, trainer, epoch: int):
-        results, _ = self.evaluator.evaluate(trainer.model, trainer.device)
+        results, _ = self.evaluator.evaluate(unwrap(trainer.model), trainer.device)
+        if not is_main():
+            return results
         logger.info("evaluation after epoch %d (%%):\n%s", epoch, format_results(results))
         if self.writer is not None:
             for protocol, metrics in results.items():
@@ -91,7 +95,7 @@ class EvalHook(Hook):
         last = trainer.epoch == trainer.max_epochs
         if last or (self.period > 0 and trainer.epoch % self.period == 0):
             self._evaluate(trainer, trainer.epoch)
-            if last:
+            if last and is_main():
                 write_results(self.results, self.output_dir)
 
 
@@ -104,10 +108,14 @@ class CheckpointHook(Hook):
     def after_epoch_advanced(self, trainer):
         finished = trainer.epoch - 1
         if finished == trainer.max_epochs or (self.period > 0 and finished % self.period == 0):
-            path = save_training_state(self.output_dir, f"epoch_{finished:04d}.pth", trainer.state_dict())
-            logger.info("saved %s", path)
+            if is_main():
+                path = save_training_state(self.output_dir, f"epoch_{finished:04d}.pth", trainer.state_dict())
+                logger.info("saved %s", path)
+            barrier()
 
     def after_train(self, trainer):
+        if not is_main():
+            return
         for export in self.final_exports:
             for path in export(trainer):
                 logger.info("wrote %s", path)

@@ -4,7 +4,9 @@ from __future__ import annotations
 import contextlib
 
 import torch
+import torch.distributed as dist
 
+from utils.distributed import world_size
 from utils.errors import ShipReIDError
 
 AMP_MODES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -25,12 +27,15 @@ class OptimizerStep:
     """backward(loss, boundary): accumulate gradients; at a boundary clip, step, update the scaler, zero."""
 
     def __init__(self, optimizer, params, amp: str, device: torch.device, accum_steps: int = 1,
-                 clip_norm: float = 0.0):
+                 clip_norm: float = 0.0, sync_params=()):
+        """`sync_params`: trainable parameters outside DDP (the loss's), whose gradients are averaged
+        over ranks here."""
         if accum_steps < 1:
             raise ShipReIDError(f"SOLVER.ACCUM_STEPS must be >= 1, got {accum_steps}")
         self.optimizer, self.params = optimizer, [p for p in params if p.requires_grad]
         self.accum_steps, self.clip_norm = accum_steps, clip_norm
         self.scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
+        self.sync_params = [p for p in sync_params if p.requires_grad]
         self.pending = 0
 
     def backward(self, loss: torch.Tensor, boundary: bool) -> None:
@@ -43,6 +48,11 @@ class OptimizerStep:
     def step(self) -> None:
         if not self.pending:
             return
+        if world_size() > 1:
+            for param in self.sync_params:
+                if param.grad is not None:
+                    dist.all_reduce(param.grad)
+                    param.grad /= world_size()
         if self.clip_norm > 0:
             if self.scaler:
                 self.scaler.unscale_(self.optimizer)

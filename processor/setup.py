@@ -7,7 +7,9 @@ import numpy as np
 import torch
 
 from configs import setup_config
+from configs.loader import write_config
 from utils.device import resolve_device
+from utils.distributed import init_distributed, is_main
 from utils.logger import setup_logger
 
 
@@ -18,9 +20,16 @@ def seed_everything(seed: int) -> None:
 
 
 def setup_run(args, log_name: str):
-    """(cfg, logger, device) for an entry point."""
-    cfg = setup_config(args)
-    logger = setup_logger(cfg.OUTPUT_DIR, log_name)
-    device = resolve_device(cfg.MODEL.DEVICE)
+    """(cfg, logger, device) for an entry point; joins the torchrun process group when there is one.
+
+    Only rank 0 writes the resolved config and the log file; other ranks log warnings to the console.
+    """
+    cfg = setup_config(args, write=False)
+    device = init_distributed(resolve_device(cfg.MODEL.DEVICE), cfg.DIST.TIMEOUT_S)
+    if is_main():
+        write_config(cfg)
+    logger = setup_logger(cfg.OUTPUT_DIR if is_main() else "", log_name)
+    if not is_main():
+        logger.setLevel("WARNING")  # the shipreid.* loggers inherit it
     seed_everything(cfg.SEED)
     return cfg, logger, device
