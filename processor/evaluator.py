@@ -15,7 +15,7 @@ from datasets.hoss import Protocol
 from datasets.records import ChipRecord
 from utils.device import move_batch
 from utils.distributed import gather_objects, is_main, rank, world_size
-from utils.metrics import DEFAULT_RANKS, evaluate_ranking, squared_euclidean
+from utils.metrics import DEFAULT_RANKS, evaluate_features, evaluate_ranking
 from utils.reranking import re_ranking
 
 logger = logging.getLogger("shipreid.eval")
@@ -74,11 +74,12 @@ class Evaluator:
         if t.FEAT_NORM:
             chosen = F.normalize(chosen, dim=1)
         query, gallery = chosen[:num_query], chosen[num_query:]
+        q_pids, g_pids = [r.pid for r in protocol.query], [r.pid for r in protocol.gallery]
         if t.RE_RANKING:
             dist = re_ranking(query, gallery, t.RE_RANKING_K1, t.RE_RANKING_K2, t.RE_RANKING_LAMBDA)
+            metrics = evaluate_ranking(dist, q_pids, g_pids)
         else:
-            dist = squared_euclidean(query, gallery)
-        metrics = evaluate_ranking(dist, [r.pid for r in protocol.query], [r.pid for r in protocol.gallery])
+            metrics = evaluate_features(query, gallery, q_pids, g_pids)
         metrics.update(num_query=num_query, num_gallery=len(protocol.gallery), derived=protocol.derived)
         if metrics["num_skipped_query"]:
             logger.info("%s: %d queries have no positive in the gallery and are skipped", protocol.name,

@@ -1,14 +1,24 @@
-"""Retrieval metrics: mAP, CMC and mINP, vectorised over queries (no Python loop per query).
+"""Retrieval metrics: mAP, CMC and mINP, vectorised over queries, without sorting the gallery.
 
-Conventions of the official TransOSS evaluation: every gallery item is kept (no same-camera
-filtering, distractors included); a query with no positive in the gallery is skipped and counted.
-Ties in distance are broken by gallery order (a stable sort), so results are deterministic.
+Every metric depends only on the ranks of a query's positives. Ranks follow a stable sort: ascending
+distance, ties in gallery order. Each gallery item gets the exact integer key (distance bits, index), the
+positives' keys are sorted (a handful per query), and one `searchsorted` tells for every gallery item how
+many positives precede it; a per-query histogram of that count gives every positive's rank. That is
+O(gallery x log positives) per query and no sorted gallery is ever materialised, so 10,000 queries x
+100,000 gallery items run in chunks on any device.
+
+Conventions of the official TransOSS evaluation: every gallery item is kept (no same-camera filtering,
+distractors included); a query with no positive in the gallery is skipped and counted. Distances are
+compared in float32, as the official code does.
 """
 from __future__ import annotations
 
 import torch
 
 DEFAULT_RANKS = (1, 5, 10)
+# gallery entries (queries x gallery) handled per chunk: bounds memory at about 24 bytes per entry
+CHUNK_ENTRIES = 2 ** 25
+_INT32_SIGN_FLIP = 0x7FFFFFFF
 
 
 def squared_euclidean(query: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
@@ -17,41 +27,118 @@ def squared_euclidean(query: torch.Tensor, gallery: torch.Tensor) -> torch.Tenso
                                                                                             alpha=-2)
 
 
-def _ranked_matches(dist: torch.Tensor, q_pids: torch.Tensor, g_pids: torch.Tensor) -> torch.Tensor:
-    order = torch.sort(dist, dim=1, stable=True).indices
-    return g_pids[order] == q_pids.unsqueeze(1)
+def _monotone_bits(dist: torch.Tensor) -> torch.Tensor:
+    """int32 keys with the order of float32 `dist` (IEEE bits, negative values mirrored)."""
+    bits = dist.float().contiguous().view(torch.int32)
+    return bits ^ ((bits >> 31) & _INT32_SIGN_FLIP)
 
 
-def evaluate_ranking(dist: torch.Tensor, q_pids, g_pids, ranks=DEFAULT_RANKS, chunk: int = 1024) -> dict:
+def _pad_positive_keys(keys: torch.Tensor, positive: torch.Tensor, counts: torch.Tensor, pad) -> torch.Tensor:
+    """Each row's positive keys in ascending order, padded on the right with `pad`."""
+    rows, cols = positive.nonzero(as_tuple=True)
+    slot = torch.arange(len(rows), device=keys.device) - (torch.cumsum(counts, 0) - counts)[rows]
+    padded = torch.full((keys.shape[0], int(counts.max())), pad, dtype=keys.dtype, device=keys.device)
+    padded[rows, slot] = keys[rows, cols]
+    return padded.sort(dim=1).values
+
+
+def _ranks_from_counts(not_after: torch.Tensor, width: int) -> torch.Tensor:
+    """rank_j = 1 + number of gallery items with `not_after` <= j.
+
+    `not_after` counts, for every gallery item, the positives that are not behind it (the positive itself
+    included), so an item with a count <= j is ahead of positive j; positive j itself has count j + 1.
+    """
+    num_query = not_after.shape[0]
+    offsets = torch.arange(num_query, device=not_after.device, dtype=not_after.dtype).unsqueeze(1) * (width + 1)
+    histogram = torch.bincount((not_after + offsets).flatten(), minlength=num_query * (width + 1))
+    return histogram.view(num_query, width + 1)[:, :width].cumsum(1).double() + 1
+
+
+def positive_ranks(dist: torch.Tensor, positive: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """1-based ranks of each query's positives, ascending, padded to the largest positive count.
+
+    dist, positive: (q, g), every row with at least one positive. Returns ranks (q, p) as float64 and the
+    mask of real (non-padding) entries. Rows where a gallery distance equals a positive's distance are
+    recomputed with (distance, index) int64 keys, so ties follow gallery order exactly.
+    """
+    counts = positive.sum(1)
+    width = int(counts.max())
+    keys = _monotone_bits(dist)
+    pos_keys = _pad_positive_keys(keys, positive, counts, torch.iinfo(torch.int32).max)
+    not_after = torch.searchsorted(pos_keys, keys, right=True, out_int32=True)
+    ranks = _ranks_from_counts(not_after, width)
+    # each positive equals itself; any further equality is a tie to break by gallery order
+    tied = (not_after - torch.searchsorted(pos_keys, keys, out_int32=True)).sum(1) > counts
+    if tied.any():
+        index = torch.arange(dist.shape[1], device=dist.device, dtype=torch.int64)
+        exact = (keys[tied].to(torch.int64) + 2 ** 31) * dist.shape[1] + index
+        exact_pos = _pad_positive_keys(exact, positive[tied], counts[tied], torch.iinfo(torch.int64).max)
+        ranks[tied] = _ranks_from_counts(torch.searchsorted(exact_pos, exact, right=True), width)
+    valid = torch.arange(width, device=dist.device).unsqueeze(0) < counts.unsqueeze(1)
+    return ranks, valid
+
+
+class RankingMetrics:
+    """Accumulates mAP, CMC and mINP over chunks of queries against one gallery."""
+
+    def __init__(self, g_pids, ranks=DEFAULT_RANKS):
+        self.g_pids = torch.as_tensor(g_pids)
+        self.ranks = tuple(ranks)
+        self.ap_sum = self.inp_sum = 0.0
+        self.hits = [0] * len(self.ranks)
+        self.num_valid = self.num_query = 0
+
+    def add(self, dist: torch.Tensor, q_pids) -> None:
+        """Score the queries of one (chunk x gallery) distance block."""
+        g_pids = self.g_pids.to(dist.device)
+        positive = torch.as_tensor(q_pids, device=dist.device).unsqueeze(1) == g_pids.unsqueeze(0)
+        self.num_query += dist.shape[0]
+        keep = positive.any(1)
+        if not keep.any():
+            return
+        pos_ranks, valid = positive_ranks(dist[keep], positive[keep])
+        counts = valid.sum(1).double()
+        self.num_valid += len(counts)
+        order = torch.arange(1, pos_ranks.shape[1] + 1, device=dist.device, dtype=torch.float64)
+        self.ap_sum += (torch.where(valid, order / pos_ranks, 0.0).sum(1) / counts).sum().item()
+        last = pos_ranks.masked_fill(~valid, 0).max(1).values
+        self.inp_sum += (counts / last).sum().item()
+        for i, k in enumerate(self.ranks):
+            self.hits[i] += int((pos_ranks[:, 0] <= k).sum())
+
+    def result(self) -> dict:
+        n = self.num_valid
+        results = {"mAP": self.ap_sum / n if n else 0.0}
+        results.update({f"R{k}": self.hits[i] / n if n else 0.0 for i, k in enumerate(self.ranks)})
+        results["mINP"] = self.inp_sum / n if n else 0.0
+        results["num_valid_query"] = n
+        results["num_skipped_query"] = self.num_query - n
+        return results
+
+
+def _chunk_size(num_gallery: int) -> int:
+    return max(1, CHUNK_ENTRIES // max(1, num_gallery))
+
+
+def evaluate_ranking(dist: torch.Tensor, q_pids, g_pids, ranks=DEFAULT_RANKS) -> dict:
     """Metrics for a (num_query x num_gallery) distance matrix (smaller is closer).
 
-    Returns fractions: mAP, mINP, R<k> for each k in `ranks`, plus num_valid_query and num_skipped_query
-    (queries without any positive).
+    Returns fractions mAP, mINP and R<k> for each k in `ranks`, plus num_valid_query and num_skipped_query.
     """
-    q_pids = torch.as_tensor(q_pids, device=dist.device)
-    g_pids = torch.as_tensor(g_pids, device=dist.device)
-    ap_sum = inp_sum = 0.0
-    hits = torch.zeros(len(ranks), dtype=torch.float64)
-    num_valid = 0
-    positions = torch.arange(1, dist.shape[1] + 1, device=dist.device, dtype=torch.float64)
+    metrics = RankingMetrics(g_pids, ranks)
+    q_pids = torch.as_tensor(q_pids)
+    chunk = _chunk_size(dist.shape[1])
     for start in range(0, dist.shape[0], chunk):
-        matches = _ranked_matches(dist[start:start + chunk], q_pids[start:start + chunk], g_pids)
-        valid = matches.any(1)
-        matches = matches[valid].double()
-        if not len(matches):
-            continue
-        num_valid += len(matches)
-        num_pos = matches.sum(1)
-        precision = matches.cumsum(1) / positions
-        ap_sum += ((precision * matches).sum(1) / num_pos).sum().item()
-        first_hit = matches.argmax(1)
-        last_hit = matches.shape[1] - 1 - matches.flip(1).argmax(1)
-        inp_sum += (num_pos / (last_hit + 1)).sum().item()
-        for i, k in enumerate(ranks):
-            hits[i] += (first_hit < k).sum().item()
-    results = {"mAP": ap_sum / num_valid if num_valid else 0.0}
-    results.update({f"R{k}": (hits[i] / num_valid).item() if num_valid else 0.0 for i, k in enumerate(ranks)})
-    results["mINP"] = inp_sum / num_valid if num_valid else 0.0
-    results["num_valid_query"] = num_valid
-    results["num_skipped_query"] = int(dist.shape[0]) - num_valid
-    return results
+        metrics.add(dist[start:start + chunk], q_pids[start:start + chunk])
+    return metrics.result()
+
+
+def evaluate_features(query: torch.Tensor, gallery: torch.Tensor, q_pids, g_pids, ranks=DEFAULT_RANKS) -> dict:
+    """Same metrics with squared Euclidean distances computed chunk by chunk on the features' device,
+    so the full distance matrix never exists (10,000 x 100,000 needs a few hundred MB)."""
+    metrics = RankingMetrics(g_pids, ranks)
+    q_pids = torch.as_tensor(q_pids)
+    chunk = _chunk_size(gallery.shape[0])
+    for start in range(0, query.shape[0], chunk):
+        metrics.add(squared_euclidean(query[start:start + chunk], gallery), q_pids[start:start + chunk])
+    return metrics.result()
