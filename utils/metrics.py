@@ -33,20 +33,27 @@ def _monotone_bits(dist: torch.Tensor) -> torch.Tensor:
     return bits ^ ((bits >> 31) & _INT32_SIGN_FLIP)
 
 
-def _pad_positive_keys(keys: torch.Tensor, positive: torch.Tensor, counts: torch.Tensor, pad) -> torch.Tensor:
-    """Each row's positive keys in ascending order, padded on the right with `pad`."""
+def _positives_in_order(keys: torch.Tensor, positive: torch.Tensor, counts: torch.Tensor):
+    """Each row's positives sorted by (key, gallery index): their int32 keys (padded with int32 max) and
+    gallery indices (padded with the gallery size)."""
+    num_query, num_gallery = keys.shape
+    width = int(counts.max())
     rows, cols = positive.nonzero(as_tuple=True)
     slot = torch.arange(len(rows), device=keys.device) - (torch.cumsum(counts, 0) - counts)[rows]
-    padded = torch.full((keys.shape[0], int(counts.max())), pad, dtype=keys.dtype, device=keys.device)
-    padded[rows, slot] = keys[rows, cols]
-    return padded.sort(dim=1).values
+    composite = torch.full((num_query, width), torch.iinfo(torch.int64).max, device=keys.device)
+    composite[rows, slot] = (keys[rows, cols].to(torch.int64) + 2 ** 31) * num_gallery + cols
+    composite = composite.sort(dim=1).values
+    padding = composite == torch.iinfo(torch.int64).max
+    pos_keys = (composite // num_gallery - 2 ** 31).masked_fill(padding, torch.iinfo(torch.int32).max)
+    pos_index = (composite % num_gallery).masked_fill(padding, num_gallery)
+    return pos_keys.to(torch.int32).contiguous(), pos_index
 
 
 def _ranks_from_counts(not_after: torch.Tensor, width: int) -> torch.Tensor:
     """rank_j = 1 + number of gallery items with `not_after` <= j.
 
-    `not_after` counts, for every gallery item, the positives that are not behind it (the positive itself
-    included), so an item with a count <= j is ahead of positive j; positive j itself has count j + 1.
+    `not_after` counts, for every gallery item, the positives at or ahead of it (itself included), so an
+    item with a count <= j is ahead of positive j; positive j itself has count j + 1.
     """
     num_query = not_after.shape[0]
     offsets = torch.arange(num_query, device=not_after.device, dtype=not_after.dtype).unsqueeze(1) * (width + 1)
@@ -58,22 +65,29 @@ def positive_ranks(dist: torch.Tensor, positive: torch.Tensor) -> tuple[torch.Te
     """1-based ranks of each query's positives, ascending, padded to the largest positive count.
 
     dist, positive: (q, g), every row with at least one positive. Returns ranks (q, p) as float64 and the
-    mask of real (non-padding) entries. Rows where a gallery distance equals a positive's distance are
-    recomputed with (distance, index) int64 keys, so ties follow gallery order exactly.
+    mask of real (non-padding) entries.
+
+    For every gallery item, `not_after` = number of positives at or ahead of it in (distance, index) order.
+    One int32 `searchsorted` gives it for items whose distance equals no positive's; the few items that
+    tie a positive's distance get the index comparison within their tie group.
     """
     counts = positive.sum(1)
     width = int(counts.max())
     keys = _monotone_bits(dist)
-    pos_keys = _pad_positive_keys(keys, positive, counts, torch.iinfo(torch.int32).max)
+    pos_keys, pos_index = _positives_in_order(keys, positive, counts)
     not_after = torch.searchsorted(pos_keys, keys, right=True, out_int32=True)
+    # the key of the last positive at or ahead of each item (a sentinel below every key when none is)
+    sentinel = torch.full((len(pos_keys), 1), torch.iinfo(torch.int32).min, dtype=torch.int32, device=dist.device)
+    previous = torch.gather(torch.cat([sentinel, pos_keys], 1), 1, not_after.long())
+    rows, cols = (previous == keys).nonzero(as_tuple=True)
+    if len(rows):
+        # tie group of each tied item: positives [first, not_after) with the item's exact distance
+        first = torch.searchsorted(pos_keys[rows], keys[rows, cols].unsqueeze(1), out_int32=True).squeeze(1)
+        slots = torch.arange(width, device=dist.device).unsqueeze(0)
+        in_group = (slots >= first.unsqueeze(1)) & (slots < not_after[rows, cols].unsqueeze(1))
+        at_or_before = in_group & (pos_index[rows] <= cols.unsqueeze(1))
+        not_after[rows, cols] = first + at_or_before.sum(1, dtype=torch.int32)
     ranks = _ranks_from_counts(not_after, width)
-    # each positive equals itself; any further equality is a tie to break by gallery order
-    tied = (not_after - torch.searchsorted(pos_keys, keys, out_int32=True)).sum(1) > counts
-    if tied.any():
-        index = torch.arange(dist.shape[1], device=dist.device, dtype=torch.int64)
-        exact = (keys[tied].to(torch.int64) + 2 ** 31) * dist.shape[1] + index
-        exact_pos = _pad_positive_keys(exact, positive[tied], counts[tied], torch.iinfo(torch.int64).max)
-        ranks[tied] = _ranks_from_counts(torch.searchsorted(exact_pos, exact, right=True), width)
     valid = torch.arange(width, device=dist.device).unsqueeze(0) < counts.unsqueeze(1)
     return ranks, valid
 
