@@ -40,6 +40,8 @@ def build_trainer(cfg, device, logger) -> Trainer:
     else:
         logger.info("MODEL.PRETRAIN_PATH is empty: training from random initialisation")
     model.to(device)
+    if cfg.MODEL.COMPILE:
+        model.backbone.compile()
     criterion = build_loss(cfg).to(device)
     optimizer = build_optimizer(cfg, model, criterion)
     loader = build_train_loader(cfg, dataset.train, labels, rank(), world_size())

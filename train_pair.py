@@ -36,6 +36,8 @@ def build_pair_trainer(cfg, device, logger) -> Trainer:
         load_weights(model, cfg.MODEL.PRETRAIN_PATH, mode="init", strict=cfg.MODEL.STRICT_LOAD)
     model.neck.requires_grad_(False)  # pretraining trains and exports the backbone only
     model.to(device)
+    if cfg.MODEL.COMPILE:
+        model.backbone.compile()
     criterion = build_loss(cfg).to(device)
     optimizer = build_optimizer(cfg, model, criterion)
     writer = SummaryWriter(os.path.join(cfg.OUTPUT_DIR, "tensorboard")) if is_main() else None

@@ -37,6 +37,8 @@ _C.MODEL.MIE = True
 _C.MODEL.MIE_COE = 3.0
 # Ship size embedding (SSE): the size vector projected to one extra token appended last.
 _C.MODEL.SSE = True
+# torch.compile the backbone (faster steps on GPU after a compilation warm-up).
+_C.MODEL.COMPILE = False
 # Initialisation weights (ImageNet ViT, contrastive TransOSS backbone, or a pretraining checkpoint).
 # Empty = random initialisation. The layout is detected from the keys; nothing is downloaded.
 _C.MODEL.PRETRAIN_PATH = ""
@@ -109,6 +111,10 @@ _C.DATASETS.PROTOCOLS = ["ALL", "O2S", "S2O"]
 _C.DATALOADER = CN()
 # Worker processes per DataLoader (0 = load in the main process).
 _C.DATALOADER.NUM_WORKERS = 4
+# Decode every image once up front and keep the 8-bit chips in memory (also finds bad files before
+# training starts); caching stops, with a warning, once CACHE_MAX_GB of decoded pixels are held.
+_C.DATALOADER.CACHE_IMAGES = True
+_C.DATALOADER.CACHE_MAX_GB = 8.0
 # Training batches: "pk" (official: P identities x K images) or "pk_modality" (K/2 optical + K/2 SAR
 # for identities that have both).
 _C.DATALOADER.SAMPLER = "pk"

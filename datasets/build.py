@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 
 from utils.registry import Registry
 
-from .chip_dataset import ChipDataset
+from .chip_dataset import ChipDataset, DecodedCache
 from .hoss import HOSS
 from .radiometry import ChipDecoder
 from .records import ChipRecord, DatasetError
@@ -26,7 +26,14 @@ def build_dataset(cfg):
     return DATASETS.get(cfg.DATASETS.NAMES, "DATASETS.NAMES")(cfg.DATASETS.ROOT_DIR)
 
 
+def build_cache(cfg, records, decoder) -> DecodedCache | None:
+    if not cfg.DATALOADER.CACHE_IMAGES:
+        return None
+    return DecodedCache(records, decoder, cfg.DATALOADER.CACHE_MAX_GB * 2 ** 30)
+
+
 def build_test_loader(cfg, records: list[ChipRecord]) -> DataLoader:
+    """Test images are read once per evaluation, so they are not cached."""
     dataset = ChipDataset(records, ChipDecoder.from_config(cfg), ShipSizeEncoder.from_config(cfg),
                           build_test_transform(cfg))
     workers = cfg.DATALOADER.NUM_WORKERS
@@ -50,8 +57,9 @@ def build_train_loader(cfg, records: list[ChipRecord], labels: list[int], rank: 
     """PK batches of training chips; call `loader.batch_sampler.set_epoch(e)` before each epoch."""
     if cfg.DATALOADER.SAMPLER not in SAMPLERS:
         raise DatasetError(f"DATALOADER.SAMPLER must be one of {SAMPLERS}, got {cfg.DATALOADER.SAMPLER!r}")
-    dataset = ChipDataset(records, ChipDecoder.from_config(cfg), ShipSizeEncoder.from_config(cfg),
-                          build_train_transform(cfg), labels=labels)
+    decoder = ChipDecoder.from_config(cfg)
+    dataset = ChipDataset(records, decoder, ShipSizeEncoder.from_config(cfg), build_train_transform(cfg),
+                          labels=labels, cache=build_cache(cfg, records, decoder))
     sampler = PKBatchSampler(labels, [r.modality for r in records], cfg.SOLVER.IMS_PER_BATCH,
                              cfg.DATALOADER.NUM_INSTANCE, seed=cfg.SEED,
                              modality_balanced=cfg.DATALOADER.SAMPLER == "pk_modality", rank=rank,
@@ -66,8 +74,9 @@ def build_pair_loader(cfg, rank: int = 0, world_size: int = 1) -> DataLoader:
     if cfg.SOLVER.IMS_PER_BATCH % 2:
         raise DatasetError(f"SOLVER.IMS_PER_BATCH ({cfg.SOLVER.IMS_PER_BATCH}) counts images of pairs; make it even")
     pairs = scan_pairs(cfg.DATASETS.ROOT_DIR)
-    chips = ChipDataset([], ChipDecoder.from_config(cfg), ShipSizeEncoder.from_config(cfg),
-                        build_train_transform(cfg))
+    decoder = ChipDecoder.from_config(cfg)
+    cache = build_cache(cfg, [record for pair in pairs for record in pair], decoder)
+    chips = ChipDataset([], decoder, ShipSizeEncoder.from_config(cfg), build_train_transform(cfg), cache=cache)
     sampler = ShuffledBatchSampler(len(pairs), cfg.SOLVER.IMS_PER_BATCH // 2, seed=cfg.SEED, rank=rank,
                                    world_size=world_size)
     workers = cfg.DATALOADER.NUM_WORKERS

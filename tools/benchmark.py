@@ -107,35 +107,60 @@ def set_fused_attention(model, enabled: bool) -> None:
 
 
 def bench_train(args, cfg, device, fused: bool) -> dict:
+    """Optimisation steps through the real engine: `--data` feeds real batches from the training split
+    (decoding and augmentation included; `fused=False` also turns the image cache off), otherwise one
+    random uint8 batch is reused."""
+    from datasets import build_dataset, build_train_loader
     from loss import build_loss
     from model import build_model
-    from processor.optim_step import OptimizerStep, autocast_context
-    from solver import build_optimizer
-    num_classes = max(2, args.batch // cfg.DATALOADER.NUM_INSTANCE)
+    from processor.engine import Trainer
+    from solver import CosineWarmupScheduler, build_optimizer
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.SOLVER.IMS_PER_BATCH = args.batch
+    cfg.DATALOADER.CACHE_IMAGES = cfg.DATALOADER.CACHE_IMAGES and fused
+    cfg.freeze()
+    if args.data:
+        dataset = build_dataset(cfg)
+        labels, pid_to_label = dataset.train_labels()
+        loader = build_train_loader(cfg, dataset.train, labels)
+        num_classes = len(pid_to_label)
+    else:
+        num_classes = max(2, args.batch // cfg.DATALOADER.NUM_INSTANCE)
+        loader = None
     model = build_model(cfg, num_classes=num_classes).to(device).train()
     set_fused_attention(model, fused)
+    if args.compile:
+        model.backbone.compile()
     criterion = build_loss(cfg).to(device)
     optimizer = build_optimizer(cfg, model, criterion)
-    stepper = OptimizerStep(optimizer, model.parameters(), cfg.SOLVER.AMP, device)
-    batch = model_batch(cfg, args.batch, device, with_labels=True)
-    compiled = torch.compile(model) if args.compile else model
+    trainer = Trainer(cfg, model, criterion, optimizer, CosineWarmupScheduler(optimizer, cfg), loader, device)
+    trainer.scheduler.step(1)
 
-    def step():
-        with autocast_context(cfg.SOLVER.AMP, device):
-            losses = criterion(compiled(batch), batch)
-        stepper.backward(losses["total"], boundary=True)
+    def batches():
+        if loader is None:
+            while True:
+                yield model_batch(cfg, args.batch, device, with_labels=True)
+        epoch = 1
+        while True:
+            loader.batch_sampler.set_epoch(epoch)
+            yield from loader
+            epoch += 1
 
+    stream = batches()
     for _ in range(args.warmup):
-        step()
+        trainer.run_step(next(stream), boundary=True)
     synchronize(device)
     start = time.perf_counter()
     for _ in range(args.steps):
-        step()
+        trainer.run_step(next(stream), boundary=True)
     synchronize(device)
     seconds = (time.perf_counter() - start) / args.steps
-    figures = {"mode": "train", "fused_attention": fused, "batch": args.batch, "step_seconds": seconds,
+    figures = {"mode": "train", "fused_attention": fused, "image_cache": cfg.DATALOADER.CACHE_IMAGES,
+               "real_data": args.data, "batch": args.batch, "step_seconds": seconds,
                "images_per_second": args.batch / seconds, "peak_memory_gib": peak_memory_gib(device)}
     if device.type == "cuda":
+        batch = model_batch(cfg, args.batch, device, with_labels=True)
         flops = 3 * forward_flops(model, batch)  # forward + backward (2x forward)
         figures.update(mfu_figures(flops, seconds, device, args.peak_tflops))
     return figures
@@ -195,8 +220,11 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--steps", type=int, default=10, help="timed steps (train, infer) or batches (data)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--compare", action="store_true",
-                        help="train: also measure with fused attention off, in the same run, and print the ratio")
-    parser.add_argument("--compile", action="store_true", help="train: torch.compile the model")
+                        help="train: also measure with fused attention and the image cache off, in the same run, "
+                             "and print the ratio")
+    parser.add_argument("--compile", action="store_true", help="train: torch.compile the backbone")
+    parser.add_argument("--data", action="store_true",
+                        help="train: real batches from DATASETS.ROOT_DIR's training split (with decoding)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (default: by name)")
     parser.add_argument("--num-query", type=int, default=10000)
     parser.add_argument("--num-gallery", type=int, default=100000)
