@@ -55,6 +55,7 @@ class Trainer:
         self.global_step = 0
         self.extra_state: dict = {}  # hooks keep their resumable state here (best metric, ...)
         self.last_losses: dict = {}
+        self.nonfinite_steps = torch.zeros((), dtype=torch.int32, device=device)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
@@ -103,6 +104,7 @@ class Trainer:
                 self.iteration += 1
                 self.global_step += 1
                 self._call("after_step")
+            self.check_finite()
             self._call("after_epoch")
             self.epoch, self.iteration = self.epoch + 1, 0
             self._call("after_epoch_advanced")
@@ -116,14 +118,22 @@ class Trainer:
         with autocast_context(self.cfg.SOLVER.AMP, self.device):
             outputs = self.model(batch)
             losses = self.criterion(outputs, batch)
-        values = {name: value.detach() for name, value in losses.items()}
-        if not all(math.isfinite(v.item()) for v in values.values()):
-            raise TrainingDiverged(
-                f"non-finite loss at epoch {self.epoch}, iteration {self.iteration + 1}: "
-                + ", ".join(f"{k}={v.item():.4g}" for k, v in values.items())
-                + "; lower SOLVER.BASE_LR, use SOLVER.AMP bf16/off, or set SOLVER.CLIP_GRAD_NORM")
         self.step_wrapper.backward(losses["total"], boundary)
-        self.last_losses = {k: v.item() for k, v in values.items()}
+        # kept on the device: reading them (check_finite, logging) is the only host synchronisation
+        self.last_losses = {name: value.detach() for name, value in losses.items()}
+        self.nonfinite_steps += (~torch.isfinite(self.last_losses["total"])).int()
+
+    def check_finite(self) -> dict:
+        """Host copies of the last losses; raises if any step since the last check was non-finite.
+
+        Called every LOG_PERIOD steps and before every checkpoint, so no diverged state is ever saved."""
+        values = {k: v.item() for k, v in self.last_losses.items()}
+        if int(self.nonfinite_steps) or not all(math.isfinite(v) for v in values.values()):
+            raise TrainingDiverged(
+                f"non-finite loss by epoch {self.epoch}, iteration {self.iteration}: "
+                + ", ".join(f"{k}={v:.4g}" for k, v in values.items())
+                + "; lower SOLVER.BASE_LR, use SOLVER.AMP bf16/off, or set SOLVER.CLIP_GRAD_NORM")
+        return values
 
     @property
     def lr(self) -> float:

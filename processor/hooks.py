@@ -6,9 +6,9 @@ import time
 
 from tqdm import tqdm
 
-from .checkpoint import export_weights, save_training_state
 from utils.distributed import barrier, is_main
 
+from .checkpoint import export_weights, save_training_state
 from .engine import unwrap
 from .evaluator import format_results, write_results
 
@@ -41,25 +41,23 @@ class ProgressHook(Hook):
 
     def after_step(self, trainer):
         self.bar.update(1)
-        losses = trainer.last_losses
+        if trainer.global_step % self.log_period and trainer.iteration != trainer.batches_in_epoch():
+            return
+        losses = trainer.check_finite()
         self.bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()}, refresh=False)
         if self.writer is not None:
             for name, value in losses.items():
                 self.writer.add_scalar(f"loss/{name}", value, trainer.global_step)
             self.writer.add_scalar("lr", trainer.lr, trainer.global_step)
-        if trainer.global_step % self.log_period == 0:
-            done = trainer.global_step - self.start_step
-            per_step = (time.time() - self.start_time) / max(done, 1)
-            remaining = (trainer.max_epochs - trainer.epoch) * trainer.batches_in_epoch() + \
-                trainer.batches_in_epoch() - trainer.iteration
-            logger.info("epoch %d iter %d/%d  %s  lr %.2e  %.2f s/it  eta %s", trainer.epoch, trainer.iteration,
-                        trainer.batches_in_epoch(), "  ".join(f"{k} {v:.4f}" for k, v in losses.items()),
-                        trainer.lr, per_step, _hms(per_step * remaining))
+        done = trainer.global_step - self.start_step
+        per_step = (time.time() - self.start_time) / max(done, 1)
+        remaining = (trainer.max_epochs - trainer.epoch + 1) * trainer.batches_in_epoch() - trainer.iteration
+        logger.info("epoch %d iter %d/%d  %s  lr %.2e  %.3f s/it  eta %s", trainer.epoch, trainer.iteration,
+                    trainer.batches_in_epoch(), "  ".join(f"{k} {v:.4f}" for k, v in losses.items()),
+                    trainer.lr, per_step, _hms(per_step * remaining))
 
     def after_epoch(self, trainer):
         self.bar.close()
-        logger.info("epoch %d done: %s", trainer.epoch,
-                    "  ".join(f"{k} {v:.4f}" for k, v in trainer.last_losses.items()))
 
 
 def _hms(seconds: float) -> str:

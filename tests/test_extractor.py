@@ -1,0 +1,44 @@
+"""FeatureExtractor: the features of test.py for the same files, from paths or arrays, with no dataset."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import TINY_MODEL
+
+import test as test_entry
+from processor.extractor import FeatureExtractor, modality_from_name
+from utils.errors import ShipReIDError
+
+
+def test_extractor_equals_test_py(golden_dir, hoss_root, samples_dir, tmp_path):
+    weights = os.path.join(golden_dir, "transoss_tiny", "transoss_tiny_official_format.pth")
+    test_entry.main(["--config_file", "configs/hoss/transoss.yml", "DATASETS.ROOT_DIR", hoss_root, "TEST.WEIGHT",
+                     weights, "OUTPUT_DIR", str(tmp_path), "TEST.SAVE_FEATS", "True", "MODEL.DEVICE", "cpu",
+                     "DATALOADER.NUM_WORKERS", "0", "DATASETS.PROTOCOLS", "['ALL']", *TINY_MODEL])
+    saved = np.load(tmp_path / "features_ALL.npz")
+    names = list(saved["names"])
+    paths = [os.path.join(samples_dir, "query" if i < int(saved["num_query"]) else "bounding_box_test", n)
+             for i, n in enumerate(names)]
+    extractor = FeatureExtractor("configs/hoss/transoss.yml", weights, "cpu", TINY_MODEL, batch_size=5)
+    feats = extractor(paths)
+    assert torch.allclose(feats, torch.from_numpy(saved["feats"]), atol=1e-5)
+
+    # arrays: a SAR amplitude and an optical chip, with modality and original (width, height) given
+    sar_path = next(p for p in paths if p.endswith("_SAR.tif"))
+    opt_path = next(p for p in paths if p.endswith("_RGB.tif"))
+    sar, opt = Image.open(sar_path), Image.open(opt_path)
+    from_arrays = extractor([np.asarray(sar, dtype=np.float32), np.asarray(opt)], modalities=[1, 0],
+                            sizes=[sar.size, opt.size])
+    assert torch.allclose(from_arrays, extractor([sar_path, opt_path]), atol=1e-6)
+    assert torch.allclose(extractor([opt_path], normalize=True).norm(dim=1), torch.ones(1))
+
+
+def test_modality_must_be_known():
+    assert modality_from_name("x/0001_s05c1_RGB.tif") == 0 and modality_from_name("b_SAR.png") == 1
+    with pytest.raises(ShipReIDError, match="modality"):
+        modality_from_name("ship.tif")
