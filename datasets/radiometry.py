@@ -90,6 +90,9 @@ def decode_sar(image: Image.Image, path: str) -> np.ndarray:
     amplitude = np.asarray(image, dtype=np.float32)
     if not np.isfinite(amplitude).all():
         raise DatasetError(f"{path}: SAR chip holds NaN or infinite values; fix or remove the file")
+    if amplitude.min() < 0:
+        raise DatasetError(f"{path}: SAR chip holds negative values (min {amplitude.min():.3g}); amplitude is "
+                           "non-negative: store the magnitude (|x|), not a signed or log-scaled band")
     if amplitude.max() <= 0:
         raise DatasetError(f"{path}: SAR chip has no positive amplitude (all zero); fix or remove the file")
     return amplitude

@@ -110,7 +110,8 @@ def checkpoint_filter_fn(state: dict, layout: str | None = None) -> tuple[dict, 
     if layout == "shipreid":
         return dict(state), []
     mapped, ignored = {}, []
-    for key, value in state.items():
+    for original, value in state.items():
+        key = original
         if layout == "official_full":
             if key.startswith("base."):
                 key = key[len("base."):]
@@ -124,7 +125,7 @@ def checkpoint_filter_fn(state: dict, layout: str | None = None) -> tuple[dict, 
                 ignored.append(key)  # contrastive temperature of pretraining; not part of the ReID model
                 continue
         if key.startswith(_DEAD_BACKBONE_PREFIXES):
-            ignored.append(key)
+            ignored.append(original)
             continue
         mapped["backbone." + _official_backbone_key(key)] = value
     return mapped, ignored

@@ -28,8 +28,9 @@ def squared_euclidean(query: torch.Tensor, gallery: torch.Tensor) -> torch.Tenso
 
 
 def _monotone_bits(dist: torch.Tensor) -> torch.Tensor:
-    """int32 keys with the order of float32 `dist` (IEEE bits, negative values mirrored)."""
-    bits = dist.float().contiguous().view(torch.int32)
+    """int32 keys with the order of float32 `dist` (IEEE bits, negative values mirrored; + 0.0 turns -0.0
+    into +0.0, which a sort treats as equal)."""
+    bits = (dist.float() + 0.0).contiguous().view(torch.int32)
     return bits ^ ((bits >> 31) & _INT32_SIGN_FLIP)
 
 

@@ -48,8 +48,8 @@ def re_ranking(query: torch.Tensor, gallery: torch.Tensor, k1: int = 20, k2: int
 
     jaccard = torch.empty(num_query, n, dtype=torch.float64, device=feats.device)
     for start in range(0, num_query, chunk):
-        rows = weights[start:start + chunk]
-        shared = torch.minimum(rows.unsqueeze(1), weights.unsqueeze(0)).sum(-1)
-        jaccard[start:start + chunk] = 1 - shared / (2 - shared)
+        end = min(start + chunk, num_query)
+        shared = torch.minimum(weights[start:end].unsqueeze(1), weights.unsqueeze(0)).sum(-1)
+        jaccard[start:end] = 1 - shared / (2 - shared)
     final = jaccard * (1 - lambda_value) + original[:num_query] * lambda_value
     return final[:, num_query:].to(query.dtype)
