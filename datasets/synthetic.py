@@ -32,7 +32,7 @@ BLOCK_COLOURS = np.array([[230, 230, 225], [200, 190, 170], [210, 90, 60], [100,
 class SyntheticSpec:
     """What to generate; the same spec and seed give byte-identical files."""
     seed: int = 0
-    train_ids: int = 150
+    train_ids: int = 200
     test_ids: int = 50
     images_per_id: int = 4          # alternating modalities over the passes of one sequence
     distractors: int = 20

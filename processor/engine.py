@@ -111,10 +111,11 @@ class Trainer:
         self._call("after_train")
 
     def run_step(self, batch: dict, boundary: bool) -> None:
+        boxes = batch.pop("erase", None)  # stays on the host: reading it needs no device sync
         batch = move_batch(batch, self.device)
         batch["image"] = unwrap(self.model).normalizer(batch["image"])
-        if "erase" in batch:
-            batch["image"] = apply_erasing(batch["image"], batch["erase"])
+        if boxes is not None:
+            batch["image"] = apply_erasing(batch["image"], boxes)
         with autocast_context(self.cfg.SOLVER.AMP, self.device):
             outputs = self.model(batch)
             losses = self.criterion(outputs, batch)

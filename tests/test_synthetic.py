@@ -16,7 +16,7 @@ from datasets.radiometry import ChipDecoder
 from datasets.records import OPTICAL, SAR, DatasetError
 from datasets.synthetic import SyntheticSpec, ensure_synthetic
 
-SMALL = SyntheticSpec(seed=3, train_ids=32, test_ids=12, images_per_id=4, distractors=6, pair_folders=2,
+SMALL = SyntheticSpec(seed=3, train_ids=16, test_ids=12, images_per_id=4, distractors=6, pair_folders=2,
                       pairs_per_folder=8)
 
 
@@ -105,7 +105,7 @@ def test_training_lowers_the_loss_and_raises_map(small_root, tmp_path):
 
     config = os.path.join(REPO, "configs", "demo", "transoss.yml")
     overrides = ["DATASETS.ROOT_DIR", small_root, "DATALOADER.NUM_WORKERS", "0", "OUTPUT_DIR", str(tmp_path / "run"),
-                 "SOLVER.MAX_EPOCHS", "20", "SOLVER.WARMUP_EPOCHS", "1", "SOLVER.EVAL_PERIOD", "0", "SOLVER.CHECKPOINT_PERIOD", "0",
+                 "SOLVER.MAX_EPOCHS", "25", "SOLVER.WARMUP_EPOCHS", "1", "SOLVER.BASE_LR", "0.002", "SOLVER.IMS_PER_BATCH", "16", "SOLVER.EVAL_PERIOD", "0", "SOLVER.CHECKPOINT_PERIOD", "0",
                  "SOLVER.LOG_PERIOD", "1", "DATASETS.PROTOCOLS", "['ALL']", "INPUT.RE_PROB", "0.0",
                  "MODEL.EMBED_DIM", "64", "MODEL.DEPTH", "2", "MODEL.NUM_HEADS", "2"]
     args = parse_args(add_config_args(argparse.ArgumentParser()), ["--config_file", config, *overrides])
