@@ -18,7 +18,7 @@ from loss import build_loss
 from model import build_model
 from model.weights import load_weights
 from processor.checkpoint import export_weights, last_checkpoint
-from processor.engine import Trainer, unwrap, wrap_ddp
+from processor.engine import Trainer, TrainingInterrupted, unwrap, wrap_ddp
 from processor.evaluator import Evaluator
 from processor.hooks import CheckpointHook, EvalHook, ProgressHook
 from processor.setup import setup_run
@@ -77,5 +77,7 @@ if __name__ == "__main__":
     except ShipReIDError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except TrainingInterrupted as stop:
+        print(stop, file=sys.stderr)
     finally:
         cleanup()

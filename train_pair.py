@@ -17,7 +17,7 @@ from loss import build_loss
 from model import build_model
 from model.weights import load_weights
 from processor.checkpoint import export_backbone, last_checkpoint
-from processor.engine import Trainer, unwrap, wrap_ddp
+from processor.engine import Trainer, TrainingInterrupted, unwrap, wrap_ddp
 from processor.hooks import CheckpointHook, ProgressHook
 from processor.setup import setup_run
 from solver import CosineWarmupScheduler, build_optimizer
@@ -68,5 +68,7 @@ if __name__ == "__main__":
     except ShipReIDError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except TrainingInterrupted as stop:
+        print(stop, file=sys.stderr)
     finally:
         cleanup()

@@ -52,6 +52,12 @@ def seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
+def loader_generator(cfg) -> torch.Generator:
+    """The loader draws its worker seeds from here, not from the global generator, so starting an epoch's
+    iterator (also when resuming inside an epoch) leaves the model's random state untouched."""
+    return torch.Generator().manual_seed(cfg.SEED)
+
+
 def build_train_loader(cfg, records: list[ChipRecord], labels: list[int], rank: int = 0,
                        world_size: int = 1) -> DataLoader:
     """PK batches of training chips; call `loader.batch_sampler.set_epoch(e)` before each epoch."""
@@ -66,7 +72,8 @@ def build_train_loader(cfg, records: list[ChipRecord], labels: list[int], rank: 
                              world_size=world_size)
     workers = cfg.DATALOADER.NUM_WORKERS
     return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, persistent_workers=workers > 0,
-                      worker_init_fn=seed_worker, pin_memory=torch.cuda.is_available())
+                      worker_init_fn=seed_worker, pin_memory=torch.cuda.is_available(),
+                      generator=loader_generator(cfg))
 
 
 def build_pair_loader(cfg, rank: int = 0, world_size: int = 1) -> DataLoader:
@@ -82,4 +89,4 @@ def build_pair_loader(cfg, rank: int = 0, world_size: int = 1) -> DataLoader:
     workers = cfg.DATALOADER.NUM_WORKERS
     return DataLoader(PairDataset(pairs, chips), batch_sampler=sampler, collate_fn=collate_pairs,
                       num_workers=workers, persistent_workers=workers > 0, worker_init_fn=seed_worker,
-                      pin_memory=torch.cuda.is_available())
+                      pin_memory=torch.cuda.is_available(), generator=loader_generator(cfg))

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
+import threading
 
 import torch
 
@@ -21,6 +23,10 @@ logger = logging.getLogger("shipreid.train")
 
 class TrainingDiverged(ShipReIDError):
     """A loss became NaN or infinite."""
+
+
+class TrainingInterrupted(Exception):
+    """SIGTERM was received; the state was saved after the current step and the run can be resumed."""
 
 
 def unwrap(model):
@@ -56,6 +62,7 @@ class Trainer:
         self.extra_state: dict = {}  # hooks keep their resumable state here (best metric, ...)
         self.last_losses: dict = {}
         self.nonfinite_steps = torch.zeros((), dtype=torch.int32, device=device)
+        self.stop_requested = False
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
@@ -89,7 +96,24 @@ class Trainer:
         for hook in self.hooks:
             getattr(hook, event)(self)
 
+    def _request_stop(self, signum, frame) -> None:
+        self.stop_requested = True
+
+    def _should_stop(self) -> bool:
+        """True at an optimizer-step boundary once any rank got SIGTERM (ranks agree every LOG_PERIOD)."""
+        if self.step_wrapper.pending:
+            return False
+        if world_size() == 1:
+            return self.stop_requested
+        if self.global_step % max(1, self.cfg.SOLVER.LOG_PERIOD):
+            return False
+        flag = torch.tensor([int(self.stop_requested)], device=self.device)
+        torch.distributed.all_reduce(flag)
+        return bool(flag.item())
+
     def train(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._request_stop)
         self._call("before_train")
         while self.epoch <= self.max_epochs:
             self.scheduler.step(self.epoch)
@@ -104,6 +128,11 @@ class Trainer:
                 self.iteration += 1
                 self.global_step += 1
                 self._call("after_step")
+                if self._should_stop():
+                    self.check_finite()
+                    self._call("on_interrupt")
+                    raise TrainingInterrupted(f"stopped by SIGTERM at epoch {self.epoch}, iteration "
+                                              f"{self.iteration}; the state is saved: rerun with --resume")
             self.check_finite()
             self._call("after_epoch")
             self.epoch, self.iteration = self.epoch + 1, 0

@@ -22,6 +22,7 @@ class Hook:
     def after_epoch(self, trainer): pass
     def after_epoch_advanced(self, trainer): pass
     def after_train(self, trainer): pass
+    def on_interrupt(self, trainer): pass
 
 
 class ProgressHook(Hook):
@@ -110,6 +111,14 @@ class CheckpointHook(Hook):
                 path = save_training_state(self.output_dir, f"epoch_{finished:04d}.pth", trainer.state_dict())
                 logger.info("saved %s", path)
             barrier()
+
+    def on_interrupt(self, trainer):
+        """Mid-epoch state (the sampler resumes at the next batch) when the run is told to stop."""
+        if is_main():
+            path = save_training_state(self.output_dir, f"epoch_{trainer.epoch:04d}_iter_{trainer.iteration:06d}.pth",
+                                       trainer.state_dict())
+            logger.info("saved %s", path)
+        barrier()
 
     def after_train(self, trainer):
         if not is_main():

@@ -94,3 +94,32 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(hoss_root, tmp_path):
     assert full.keys() == resumed.keys()
     for key in full:
         assert torch.equal(full[key], resumed[key]), key
+
+
+def test_sigterm_saves_mid_epoch_and_resume_is_exact(hoss_root, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+    common = ["--config_file", "configs/hoss/transoss.yml", "DATASETS.ROOT_DIR", hoss_root, *TINY_RUN,
+              "SOLVER.MAX_EPOCHS", "6", "SOLVER.CHECKPOINT_PERIOD", "0", "SOLVER.EVAL_PERIOD", "0",
+              "SOLVER.LOG_PERIOD", "1", "DATASETS.PROTOCOLS", "['ALL']"]
+    full = train_entry.main(common + ["OUTPUT_DIR", str(tmp_path / "full")]).model.state_dict()
+
+    out = tmp_path / "cut"
+    process = subprocess.Popen([sys.executable, "train.py", *common, "OUTPUT_DIR", str(out)], cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = out / "train.log"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (log.is_file() and "epoch 2 iter 3/" in log.read_text()):
+        time.sleep(0.005)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 0 and "rerun with --resume" in err, err[-2000:]
+    saved = sorted(p.name for p in (out / "checkpoints").iterdir() if "_iter_" in p.name)
+    assert saved and saved[0].startswith("epoch_0002_iter_")  # stopped inside epoch 2
+    resumed = train_entry.main(common + ["OUTPUT_DIR", str(out), "--resume"]).model.state_dict()
+    for key in full:
+        assert torch.equal(full[key], resumed[key]), key
