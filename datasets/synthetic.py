@@ -25,7 +25,6 @@ TAGS = {OPTICAL: "RGB", SAR: "SAR"}
 # shared paint palette: identities are not separable by colour alone
 HULL_COLOURS = np.array([[70, 70, 75], [120, 40, 35], [40, 60, 90], [150, 150, 145], [30, 30, 30], [90, 100, 60]])
 DECK_COLOURS = np.array([[170, 160, 140], [110, 90, 70], [160, 60, 50], [90, 110, 90], [200, 200, 195]])
-PAINT_TINT = 20.0  # std of a ship's own shade around its palette colours (8-bit levels)
 BLOCK_COLOURS = np.array([[230, 230, 225], [200, 190, 170], [210, 90, 60], [100, 120, 140], [240, 210, 80]])
 
 
@@ -70,11 +69,9 @@ def random_design(rng: np.random.Generator) -> ShipDesign:
                        rng.integers(0, len(BLOCK_COLOURS), count), rng.uniform(1.5, 4.0, count)], 1)
     m = rng.integers(2, 6)
     scatterers = np.stack([rng.uniform(0.1, 0.95, m), rng.uniform(-0.35, 0.35, m), rng.uniform(3.0, 10.0, m)], 1)
-    # palette paint with a per-ship tint: a colour narrows the search, it does not identify the ship
-    tint = rng.normal(0, PAINT_TINT, 3)
     return ShipDesign(length, beam, rng.uniform(0.1, 0.25), blocks, scatterers,
-                      HULL_COLOURS[rng.integers(len(HULL_COLOURS))] + tint,
-                      DECK_COLOURS[rng.integers(len(DECK_COLOURS))] + tint)
+                      HULL_COLOURS[rng.integers(len(HULL_COLOURS))].astype(float),
+                      DECK_COLOURS[rng.integers(len(DECK_COLOURS))].astype(float))
 
 
 def _ship_coordinates(design: ShipDesign, gsd: float, rng: np.random.Generator):
