@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from configs import add_config_args, parse_args
 from configs.loader import ConfigError
@@ -16,8 +15,8 @@ from model import build_model
 from model.weights import load_weights
 from processor.evaluator import Evaluator, format_results, write_results
 from processor.setup import setup_run
-from utils.distributed import cleanup, is_main
-from utils.errors import ShipReIDError
+from utils.cli import run_cli
+from utils.distributed import is_main
 
 
 def main(argv=None) -> dict:
@@ -46,10 +45,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except ShipReIDError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    finally:
-        cleanup()
+    run_cli(main)

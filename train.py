@@ -5,26 +5,23 @@
 """
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 
 from torch.utils.tensorboard import SummaryWriter
 
-from configs import add_config_args, parse_args
 from datasets import build_dataset, build_train_loader
 from datasets.hoss import format_statistics, statistics_rows
 from loss import build_loss
 from model import build_model
 from model.weights import load_weights
-from processor.checkpoint import export_weights, last_checkpoint
-from processor.engine import Trainer, TrainingInterrupted, unwrap, wrap_ddp
+from processor.checkpoint import export_weights
+from processor.engine import Trainer, unwrap, wrap_ddp
 from processor.evaluator import Evaluator
 from processor.hooks import CheckpointHook, EvalHook, ProgressHook
-from processor.setup import setup_run
+from processor.setup import run_training
 from solver import CosineWarmupScheduler, build_optimizer
-from utils.distributed import cleanup, is_main, rank, world_size
-from utils.errors import ShipReIDError
+from utils.cli import run_cli
+from utils.distributed import is_main, rank, world_size
 
 
 def build_trainer(cfg, device, logger) -> Trainer:
@@ -57,27 +54,8 @@ def build_trainer(cfg, device, logger) -> Trainer:
 
 
 def main(argv=None):
-    parser = add_config_args(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
-    parser.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR's last checkpoint")
-    args = parse_args(parser, argv)
-    cfg, logger, device = setup_run(args, "train.log")
-    trainer = build_trainer(cfg, device, logger)
-    if args.resume:
-        path = last_checkpoint(cfg.OUTPUT_DIR)
-        if path is None:
-            raise ShipReIDError(f"--resume: no checkpoint in {cfg.OUTPUT_DIR}/checkpoints; run without --resume")
-        trainer.resume(path)
-    trainer.train()
-    return trainer
+    return run_training(argv, __doc__.split("\n")[0], "train.log", build_trainer)
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except ShipReIDError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except TrainingInterrupted as stop:
-        print(stop, file=sys.stderr)
-    finally:
-        cleanup()
+    run_cli(main)

@@ -15,7 +15,7 @@ from utils.device import move_batch
 from utils.distributed import world_size
 from utils.errors import ShipReIDError
 
-from .checkpoint import load_training_state, rng_state, set_rng_state
+from .checkpoint import last_checkpoint, load_training_state, rng_state, set_rng_state
 from .optim_step import OptimizerStep, autocast_context
 
 logger = logging.getLogger("shipreid.train")
@@ -85,6 +85,13 @@ class Trainer:
         self.epoch, self.iteration = state["epoch"], state["iteration"]
         self.global_step, self.extra_state = state["global_step"], state["extra"]
         logger.info("resumed from %s at epoch %d, iteration %d", path, self.epoch, self.iteration)
+
+    def resume_from(self, output_dir: str) -> None:
+        """--resume: continue from the checkpoint that OUTPUT_DIR's `last_checkpoint` pointer names."""
+        path = last_checkpoint(output_dir)
+        if path is None:
+            raise ShipReIDError(f"--resume: no checkpoint in {output_dir}/checkpoints; run without --resume")
+        self.resume(path)
 
     def batches_in_epoch(self) -> int:
         """Batches of the current epoch, including those skipped by a resume inside it."""

@@ -1,12 +1,13 @@
 """What every entry point does first: seeds, logger, device, resolved config."""
 from __future__ import annotations
 
+import argparse
 import random
 
 import numpy as np
 import torch
 
-from configs import setup_config
+from configs import add_config_args, parse_args, setup_config
 from configs.loader import write_config
 from utils.device import resolve_device
 from utils.distributed import init_distributed, is_main
@@ -33,3 +34,16 @@ def setup_run(args, log_name: str):
         logger.setLevel("WARNING")  # the shipreid.* loggers inherit it
     seed_everything(cfg.SEED)
     return cfg, logger, device
+
+
+def run_training(argv, description: str, log_name: str, build_trainer):
+    """The body of train.py and train_pair.py: parse, set up, build, optionally resume, train."""
+    parser = add_config_args(argparse.ArgumentParser(description=description))
+    parser.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR's last checkpoint")
+    args = parse_args(parser, argv)
+    cfg, logger, device = setup_run(args, log_name)
+    trainer = build_trainer(cfg, device, logger)
+    if args.resume:
+        trainer.resume_from(cfg.OUTPUT_DIR)
+    trainer.train()
+    return trainer

@@ -14,7 +14,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import load_config  # noqa: E402
 from datasets.synthetic import SyntheticSpec, ensure_synthetic  # noqa: E402
-from utils.errors import ShipReIDError  # noqa: E402
+from utils.cli import run_cli  # noqa: E402
 
 import train as train_entry  # noqa: E402
 
@@ -37,8 +37,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except ShipReIDError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_cli(main)

@@ -14,7 +14,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from processor.extractor import FeatureExtractor, modality_from_name  # noqa: E402
-from utils.errors import ShipReIDError  # noqa: E402
+from utils.cli import run_cli  # noqa: E402
 
 
 def main(argv=None) -> str:
@@ -35,8 +35,4 @@ def main(argv=None) -> str:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except ShipReIDError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_cli(main)

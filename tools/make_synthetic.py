@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from datasets.hoss import HOSS, PROTOCOLS, format_statistics, statistics_rows  # noqa: E402
 from datasets.pairs import scan_pairs  # noqa: E402
 from datasets.synthetic import SyntheticSpec, ensure_synthetic  # noqa: E402
-from utils.errors import ShipReIDError  # noqa: E402
+from utils.cli import run_cli  # noqa: E402
 
 
 def main(argv=None) -> str:
@@ -36,8 +36,4 @@ def main(argv=None) -> str:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except ShipReIDError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_cli(main)
