@@ -41,6 +41,9 @@ def main(argv=None) -> dict:
     if cfg.TEST.SAVE_FEATS:
         for path in evaluator.save_features(feats, cfg.OUTPUT_DIR):
             logger.info("wrote %s", path)
+    if cfg.TEST.RANKED_LIST_QUERIES > 0:
+        for path in evaluator.save_ranked_lists(feats, cfg.OUTPUT_DIR):
+            logger.info("wrote %s", path)
     return results
 
 

@@ -169,6 +169,9 @@ _C.TEST.RE_RANKING_K2 = 15
 _C.TEST.RE_RANKING_LAMBDA = 0.3
 # Write OUTPUT_DIR/features_<protocol>.npz (feats, pids, camids, names).
 _C.TEST.SAVE_FEATS = False
+# Write OUTPUT_DIR/ranked_<protocol>.png with this many queries (0 = off), each with its top RANKED_LIST_TOPK.
+_C.TEST.RANKED_LIST_QUERIES = 0
+_C.TEST.RANKED_LIST_TOPK = 10
 
 # ---------------------------------------------------------------------------------------------- DIST
 _C.DIST = CN()

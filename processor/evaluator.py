@@ -15,7 +15,9 @@ from datasets.hoss import Protocol
 from datasets.records import ChipRecord
 from utils.device import move_batch
 from utils.distributed import gather_objects, is_main, rank, world_size
-from utils.metrics import DEFAULT_RANKS, evaluate_features, evaluate_ranking
+from datasets.radiometry import ChipDecoder
+from utils.metrics import DEFAULT_RANKS, evaluate_features, evaluate_ranking, squared_euclidean
+from utils.ranked_list import draw_ranked_lists
 from utils.reranking import re_ranking
 
 logger = logging.getLogger("shipreid.eval")
@@ -89,6 +91,22 @@ class Evaluator:
     def evaluate(self, model, device) -> tuple[dict, torch.Tensor]:
         feats = self.extract(model, device)
         return {p.name: self.score(feats, p) for p in self.protocols}, feats
+
+    def save_ranked_lists(self, feats: torch.Tensor, output_dir: str) -> list[str]:
+        """ranked_<protocol>.png for the first TEST.RANKED_LIST_QUERIES queries of every protocol."""
+        decoder = ChipDecoder.from_config(self.cfg)
+        paths = []
+        for protocol in self.protocols:
+            chosen = self.protocol_features(feats, protocol)
+            if self.cfg.TEST.FEAT_NORM:
+                chosen = F.normalize(chosen, dim=1)
+            num_query = len(protocol.query)
+            dist = squared_euclidean(chosen[:num_query], chosen[num_query:])
+            paths.append(draw_ranked_lists(protocol.query, protocol.gallery, dist,
+                                           lambda r: decoder(r.path, r.modality)[0],
+                                           os.path.join(output_dir, f"ranked_{protocol.name}.png"),
+                                           self.cfg.TEST.RANKED_LIST_QUERIES, self.cfg.TEST.RANKED_LIST_TOPK))
+        return paths
 
     def save_features(self, feats: torch.Tensor, output_dir: str) -> list[str]:
         paths = []

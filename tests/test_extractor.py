@@ -42,3 +42,19 @@ def test_modality_must_be_known():
     assert modality_from_name("x/0001_s05c1_RGB.tif") == 0 and modality_from_name("b_SAR.png") == 1
     with pytest.raises(ShipReIDError, match="modality"):
         modality_from_name("ship.tif")
+
+
+def test_ranked_list_pictures_from_test_py(golden_dir, hoss_root, tmp_path):
+    from utils.ranked_list import grid_size
+    weights = os.path.join(golden_dir, "transoss_tiny", "transoss_tiny_official_format.pth")
+    test_entry.main(["--config_file", "configs/hoss/transoss.yml", "DATASETS.ROOT_DIR", hoss_root, "TEST.WEIGHT",
+                     weights, "OUTPUT_DIR", str(tmp_path), "MODEL.DEVICE", "cpu", "DATALOADER.NUM_WORKERS", "0",
+                     "TEST.RANKED_LIST_QUERIES", "5", "TEST.RANKED_LIST_TOPK", "7", *TINY_MODEL])
+    for protocol in ("ALL", "O2S", "S2O"):
+        with Image.open(tmp_path / f"ranked_{protocol}.png") as picture:
+            assert picture.size == grid_size(5, 7)
+            pixels = np.asarray(picture.convert("RGB"))
+        # every result is framed green (same identity) or red; the ALL protocol has both on the real chips
+        greens = ((pixels == (30, 170, 60)).all(-1)).sum()
+        reds = ((pixels == (210, 40, 40)).all(-1)).sum()
+        assert reds > 0 and (greens > 0 or protocol != "ALL")
