@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 from dataclasses import dataclass, field
 
 import torch
@@ -236,18 +235,3 @@ def to_official(state: dict) -> dict:
         else:
             raise KeyError(f"{key} has no place in the official layout")
     return out
-
-
-_OFFICIAL_KEY_LINE = re.compile(r"^(\S+) \[([\d, ]*)\] (\w+)$")
-
-
-def read_key_list(path: str) -> dict[str, tuple[list[int], str]]:
-    """Parse a 'key [shape] dtype' listing (the golden official key lists) into {key: (shape, dtype)}."""
-    entries = {}
-    with open(path) as f:
-        for line in f:
-            match = _OFFICIAL_KEY_LINE.match(line.strip())
-            if match:
-                shape = [int(s) for s in match[2].split(",") if s.strip()]
-                entries[match[1]] = (shape, match[3])
-    return entries

@@ -12,10 +12,10 @@ from tqdm import tqdm
 
 from datasets import build_test_loader
 from datasets.hoss import Protocol
+from datasets.radiometry import ChipDecoder
 from datasets.records import ChipRecord
 from utils.device import move_batch
 from utils.distributed import gather_objects, is_main, rank, world_size
-from datasets.radiometry import ChipDecoder
 from utils.metrics import DEFAULT_RANKS, evaluate_features, evaluate_ranking, squared_euclidean
 from utils.ranked_list import draw_ranked_lists
 from utils.reranking import re_ranking
@@ -69,13 +69,17 @@ class Evaluator:
         rows = [self.row[_image_key(r)] for r in protocol.query + protocol.gallery]
         return feats[rows]
 
+    def query_gallery(self, feats: torch.Tensor, protocol: Protocol) -> tuple[torch.Tensor, torch.Tensor]:
+        """The protocol's query and gallery features, L2-normalised when TEST.FEAT_NORM."""
+        chosen = self.protocol_features(feats, protocol)
+        if self.cfg.TEST.FEAT_NORM:
+            chosen = F.normalize(chosen, dim=1)
+        return chosen[:len(protocol.query)], chosen[len(protocol.query):]
+
     def score(self, feats: torch.Tensor, protocol: Protocol) -> dict:
         t = self.cfg.TEST
         num_query = len(protocol.query)
-        chosen = self.protocol_features(feats, protocol)
-        if t.FEAT_NORM:
-            chosen = F.normalize(chosen, dim=1)
-        query, gallery = chosen[:num_query], chosen[num_query:]
+        query, gallery = self.query_gallery(feats, protocol)
         q_pids, g_pids = [r.pid for r in protocol.query], [r.pid for r in protocol.gallery]
         if t.RE_RANKING:
             dist = re_ranking(query, gallery, t.RE_RANKING_K1, t.RE_RANKING_K2, t.RE_RANKING_LAMBDA)
@@ -97,11 +101,7 @@ class Evaluator:
         decoder = ChipDecoder.from_config(self.cfg)
         paths = []
         for protocol in self.protocols:
-            chosen = self.protocol_features(feats, protocol)
-            if self.cfg.TEST.FEAT_NORM:
-                chosen = F.normalize(chosen, dim=1)
-            num_query = len(protocol.query)
-            dist = squared_euclidean(chosen[:num_query], chosen[num_query:])
+            dist = squared_euclidean(*self.query_gallery(feats, protocol))
             paths.append(draw_ranked_lists(protocol.query, protocol.gallery, dist,
                                            lambda r: decoder(r.path, r.modality)[0],
                                            os.path.join(output_dir, f"ranked_{protocol.name}.png"),

@@ -1,7 +1,6 @@
 """The dataset validator passes clean folders and reports each planted problem with its file."""
 from __future__ import annotations
 
-import os
 import shutil
 
 import numpy as np

@@ -25,9 +25,3 @@ class Registry:
             where = f" (config key {key_hint})" if key_hint else ""
             raise ShipReIDError(f"unknown {self.kind} {name!r}{where}; registered: {sorted(self._items)}")
         return self._items[name]
-
-    def __contains__(self, name: str) -> bool:
-        return name in self._items
-
-    def names(self) -> list[str]:
-        return sorted(self._items)
