@@ -73,3 +73,15 @@ def test_embedding_plot_tool(hoss_root, golden_dir, tmp_path):
     # both panels hold markers: optical circles and SAR squares drawn in identity colours (non-grey pixels)
     coloured = (pixels.max(-1).astype(int) - pixels.min(-1)) > 60
     assert coloured[:, :PANEL].sum() > 100 and coloured[:, PANEL:].sum() > 100
+
+
+def test_ranked_list_tool_from_saved_features(golden_dir, hoss_root, tmp_path):
+    from tools.ranked_list import main as ranked_main
+    weights = os.path.join(golden_dir, "transoss_tiny", "transoss_tiny_official_format.pth")
+    common = ["DATASETS.ROOT_DIR", hoss_root, "MODEL.DEVICE", "cpu", "DATALOADER.NUM_WORKERS", "0", *TINY_MODEL]
+    test_entry.main(["--config_file", "configs/hoss/transoss.yml", "TEST.WEIGHT", weights, "OUTPUT_DIR",
+                     str(tmp_path), "TEST.SAVE_FEATS", "True", "TEST.RANKED_LIST_QUERIES", "4", *common])
+    path = ranked_main(["--features", str(tmp_path / "features_S2O.npz"), "--config_file", "configs/hoss/transoss.yml",
+                        "--out", str(tmp_path / "tool.png"), "--queries", "4", "--topk", "10", *common])
+    with Image.open(path) as a, Image.open(tmp_path / "ranked_S2O.png") as b:
+        assert np.array_equal(np.asarray(a), np.asarray(b))  # the same picture as test.py's
