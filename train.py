@@ -26,12 +26,13 @@ from utils.distributed import is_main, rank, world_size
 
 def build_trainer(cfg, device, logger) -> Trainer:
     dataset = build_dataset(cfg)
-    labels, pid_to_label = dataset.train_labels()
+    dataset.train_labels()  # refuses distractors in the training split
     dataset.check_disjoint_identities()
     protocols = [dataset.protocol(name) for name in cfg.DATASETS.PROTOCOLS]
     logger.info("data (%s):\n%s", dataset.root, format_statistics(statistics_rows(protocols, dataset.train)))
 
-    model = build_model(cfg, num_classes=len(pid_to_label))
+    loader = build_train_loader(cfg, dataset.train, rank(), world_size())
+    model = build_model(cfg, num_classes=loader.dataset.num_classes)
     if cfg.MODEL.PRETRAIN_PATH:
         load_weights(model, cfg.MODEL.PRETRAIN_PATH, mode="init", strict=cfg.MODEL.STRICT_LOAD)
     else:
@@ -41,7 +42,6 @@ def build_trainer(cfg, device, logger) -> Trainer:
         model.backbone.compile()
     criterion = build_loss(cfg).to(device)
     optimizer = build_optimizer(cfg, model, criterion)
-    loader = build_train_loader(cfg, dataset.train, labels, rank(), world_size())
     writer = SummaryWriter(os.path.join(cfg.OUTPUT_DIR, "tensorboard")) if is_main() else None
     hooks = [
         ProgressHook(cfg.SOLVER.LOG_PERIOD, writer),

@@ -111,8 +111,12 @@ _C.DATASETS.PROTOCOLS = ["ALL", "O2S", "S2O"]
 _C.DATALOADER = CN()
 # Worker processes per DataLoader (0 = load in the main process).
 _C.DATALOADER.NUM_WORKERS = 4
-# Decode every image once up front and keep the 8-bit chips in memory (also finds bad files before
-# training starts); caching stops, with a warning, once CACHE_MAX_GB of decoded pixels are held.
+# What a training run does with an image that cannot be used (unreadable, wrong format, all-zero SAR...):
+# "error" stops before the first step naming the file; "skip" leaves it out and lists it in the log
+# (never substitutes another image). Every training image is decoded once before training starts.
+_C.DATALOADER.ON_BAD_IMAGE = "error"
+# Keep the decoded 8-bit chips of that first pass in memory; caching stops, with a warning, once
+# CACHE_MAX_GB of pixels are held.
 _C.DATALOADER.CACHE_IMAGES = True
 _C.DATALOADER.CACHE_MAX_GB = 8.0
 # Training batches: "pk" (official: P identities x K images) or "pk_modality" (K/2 optical + K/2 SAR

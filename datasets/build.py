@@ -9,10 +9,11 @@ from torch.utils.data import DataLoader
 
 from utils.registry import Registry
 
-from .chip_dataset import ChipDataset, DecodedCache
+from .chip_dataset import ChipDataset
 from .hoss import HOSS
 from .radiometry import ChipDecoder
-from .records import ChipRecord, DatasetError
+from .records import ChipRecord, DatasetError, relabel
+from .screening import screen_records
 from .ship_size import ShipSizeEncoder
 from .pairs import PairDataset, ShuffledBatchSampler, collate_pairs, scan_pairs
 from .samplers import PKBatchSampler
@@ -26,10 +27,10 @@ def build_dataset(cfg):
     return DATASETS.get(cfg.DATASETS.NAMES, "DATASETS.NAMES")(cfg.DATASETS.ROOT_DIR)
 
 
-def build_cache(cfg, records, decoder) -> DecodedCache | None:
-    if not cfg.DATALOADER.CACHE_IMAGES:
-        return None
-    return DecodedCache(records, decoder, cfg.DATALOADER.CACHE_MAX_GB * 2 ** 30)
+def screen(cfg, records, decoder) -> tuple[list[ChipRecord], dict]:
+    """Training images decoded once up front (DATALOADER.ON_BAD_IMAGE, CACHE_IMAGES, CACHE_MAX_GB)."""
+    cache_bytes = cfg.DATALOADER.CACHE_MAX_GB * 2 ** 30 if cfg.DATALOADER.CACHE_IMAGES else 0.0
+    return screen_records(records, decoder, cfg.DATALOADER.ON_BAD_IMAGE, cache_bytes)
 
 
 def build_test_loader(cfg, records: list[ChipRecord]) -> DataLoader:
@@ -58,14 +59,17 @@ def loader_generator(cfg) -> torch.Generator:
     return torch.Generator().manual_seed(cfg.SEED)
 
 
-def build_train_loader(cfg, records: list[ChipRecord], labels: list[int], rank: int = 0,
-                       world_size: int = 1) -> DataLoader:
-    """PK batches of training chips; call `loader.batch_sampler.set_epoch(e)` before each epoch."""
+def build_train_loader(cfg, records: list[ChipRecord], rank: int = 0, world_size: int = 1) -> DataLoader:
+    """PK batches of the training chips that decode; identities relabelled 0..K-1 over those
+    (`loader.dataset.num_classes`). Call `loader.batch_sampler.set_epoch(e)` before each epoch."""
     if cfg.DATALOADER.SAMPLER not in SAMPLERS:
         raise DatasetError(f"DATALOADER.SAMPLER must be one of {SAMPLERS}, got {cfg.DATALOADER.SAMPLER!r}")
     decoder = ChipDecoder.from_config(cfg)
+    records, cache = screen(cfg, records, decoder)
+    labels, pid_to_label = relabel(records)
     dataset = ChipDataset(records, decoder, ShipSizeEncoder.from_config(cfg), build_train_transform(cfg),
-                          labels=labels, cache=build_cache(cfg, records, decoder))
+                          labels=labels, cache=cache)
+    dataset.num_classes = len(pid_to_label)
     sampler = PKBatchSampler(labels, [r.modality for r in records], cfg.SOLVER.IMS_PER_BATCH,
                              cfg.DATALOADER.NUM_INSTANCE, seed=cfg.SEED,
                              modality_balanced=cfg.DATALOADER.SAMPLER == "pk_modality", rank=rank,
@@ -82,7 +86,9 @@ def build_pair_loader(cfg, rank: int = 0, world_size: int = 1) -> DataLoader:
         raise DatasetError(f"SOLVER.IMS_PER_BATCH ({cfg.SOLVER.IMS_PER_BATCH}) counts images of pairs; make it even")
     pairs = scan_pairs(cfg.DATASETS.ROOT_DIR)
     decoder = ChipDecoder.from_config(cfg)
-    cache = build_cache(cfg, [record for pair in pairs for record in pair], decoder)
+    usable, cache = screen(cfg, [record for pair in pairs for record in pair], decoder)
+    usable_paths = {r.path for r in usable}
+    pairs = [(o, s) for o, s in pairs if o.path in usable_paths and s.path in usable_paths]
     chips = ChipDataset([], decoder, ShipSizeEncoder.from_config(cfg), build_train_transform(cfg), cache=cache)
     sampler = ShuffledBatchSampler(len(pairs), cfg.SOLVER.IMS_PER_BATCH // 2, seed=cfg.SEED, rank=rank,
                                    world_size=world_size)

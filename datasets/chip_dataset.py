@@ -1,37 +1,15 @@
 """A torch Dataset over chip records: every item is a dict (image, modality, size, pid, name)."""
 from __future__ import annotations
 
-import logging
 from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
 from .radiometry import ChipDecoder
 from .records import ChipRecord
 from .ship_size import ShipSizeEncoder
-
-logger = logging.getLogger("shipreid.data")
-
-
-class DecodedCache(dict):
-    """path -> (uint8 pixels, (width, height)), filled up front in the main process (workers share it)."""
-
-    def __init__(self, records: Sequence[ChipRecord], decoder: ChipDecoder, max_bytes: float):
-        super().__init__()
-        held = 0
-        for record in tqdm(records, desc="decode", unit="img", leave=False, dynamic_ncols=True):
-            if record.path in self:
-                continue
-            decoded = decoder(record.path, record.modality)
-            held += decoded[0].nbytes
-            if held > max_bytes:
-                logger.warning("image cache full at %.1f GB (DATALOADER.CACHE_MAX_GB); the remaining images are "
-                               "decoded on every use", max_bytes / 2 ** 30)
-                break
-            self[record.path] = decoded
 
 
 class ChipDataset(Dataset):
@@ -42,7 +20,7 @@ class ChipDataset(Dataset):
     """
 
     def __init__(self, records: Sequence[ChipRecord], decoder: ChipDecoder, size_encoder: ShipSizeEncoder,
-                 transform: Callable, labels: Optional[Sequence[int]] = None, cache: Optional[DecodedCache] = None):
+                 transform: Callable, labels: Optional[Sequence[int]] = None, cache: Optional[dict] = None):
         self.records = list(records)
         self.decoder, self.size_encoder, self.transform = decoder, size_encoder, transform
         self.labels = None if labels is None else list(labels)

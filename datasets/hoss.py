@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from .records import DISTRACTOR_PID, OPTICAL, SAR, ChipRecord, DatasetError, scan_hoss_folder
+from .records import DISTRACTOR_PID, OPTICAL, SAR, ChipRecord, DatasetError, relabel, scan_hoss_folder
 
 PROTOCOLS = ("ALL", "O2S", "S2O")
 # protocol -> (query modality, gallery modality) for the cross-modal protocols
@@ -55,8 +55,7 @@ class HOSS:
         distractors = [r.path for r in records if r.pid == DISTRACTOR_PID]
         if distractors:
             raise DatasetError(f"{distractors[0]}: distractors (pid -1) belong in the gallery, not in training")
-        pid_to_label = {pid: label for label, pid in enumerate(sorted({r.pid for r in records}))}
-        return [pid_to_label[r.pid] for r in records], pid_to_label
+        return relabel(records)
 
     def protocol(self, name: str) -> Protocol:
         if name not in PROTOCOLS:

@@ -59,3 +59,9 @@ def scan_hoss_folder(folder: str) -> list[ChipRecord]:
     if not names:
         raise DatasetError(f"split folder is empty: {folder}")
     return [parse_hoss_name(os.path.join(folder, name)) for name in names]
+
+
+def relabel(records: list[ChipRecord]) -> tuple[list[int], dict[int, int]]:
+    """Training class index per record: pids relabelled 0..K-1 in sorted order."""
+    pid_to_label = {pid: label for label, pid in enumerate(sorted({r.pid for r in records}))}
+    return [pid_to_label[r.pid] for r in records], pid_to_label

@@ -166,10 +166,13 @@ def load_weights(model, path: str, mode: str = "full", strict: bool = True) -> L
     backbone = model.backbone
 
     patch_key = "backbone.patch_embed.optical.weight"
-    if patch_key in state and state[patch_key].dim() == 2 and patch_key in own:
+    if (patch_key in state and state[patch_key].dim() == 2 and patch_key in own
+            and state[patch_key].numel() == own[patch_key].numel()):
         state[patch_key] = state[patch_key].reshape(own[patch_key].shape)  # pre-conv linear patchify
         report.notes.append("reshaped a linear patch projection to a convolution")
-    if "backbone.pos_embed" in state and state["backbone.pos_embed"].shape != own["backbone.pos_embed"].shape:
+    pos = state.get("backbone.pos_embed")
+    # another token count at the same width is resized; another width is a mismatch reported below
+    if pos is not None and pos.shape != own["backbone.pos_embed"].shape and pos.shape[-1] == own["backbone.pos_embed"].shape[-1]:
         old = tuple(state["backbone.pos_embed"].shape)
         state["backbone.pos_embed"] = resize_pos_embed(state["backbone.pos_embed"], backbone.grid_size)
         report.notes.append(f"resized position embedding {list(old)} -> {list(own['backbone.pos_embed'].shape)}"

@@ -14,6 +14,7 @@ from datasets import build_test_loader
 from datasets.hoss import Protocol
 from datasets.radiometry import ChipDecoder
 from datasets.records import ChipRecord
+from datasets.screening import screen_records
 from utils.device import move_batch
 from utils.distributed import gather_objects, is_main, rank, world_size
 from utils.metrics import DEFAULT_RANKS, evaluate_features, evaluate_ranking, squared_euclidean
@@ -29,12 +30,19 @@ def _image_key(record: ChipRecord) -> tuple[str, int]:
 
 
 class Evaluator:
+    """Test images are checked (decoded) once at construction, so a bad file stops the run before any
+    training or embedding; with DATALOADER.ON_BAD_IMAGE skip it leaves the protocols instead."""
+
     def __init__(self, cfg, protocols: list[Protocol]):
         self.cfg = cfg
-        self.protocols = protocols
+        unique = {r.path: r for p in protocols for r in p.query + p.gallery}
+        usable, _ = screen_records(list(unique.values()), ChipDecoder.from_config(cfg), cfg.DATALOADER.ON_BAD_IMAGE)
+        keep = {r.path for r in usable}
+        self.protocols = [Protocol(p.name, [r for r in p.query if r.path in keep],
+                                   [r for r in p.gallery if r.path in keep], p.derived) for p in protocols]
         self.records: list[ChipRecord] = []
         self.row: dict[tuple[str, int], int] = {}
-        for protocol in protocols:
+        for protocol in self.protocols:
             for record in protocol.query + protocol.gallery:
                 key = _image_key(record)
                 if key not in self.row:

@@ -121,10 +121,8 @@ def bench_train(args, cfg, device, fused: bool) -> dict:
     cfg.DATALOADER.CACHE_IMAGES = cfg.DATALOADER.CACHE_IMAGES and fused
     cfg.freeze()
     if args.data:
-        dataset = build_dataset(cfg)
-        labels, pid_to_label = dataset.train_labels()
-        loader = build_train_loader(cfg, dataset.train, labels)
-        num_classes = len(pid_to_label)
+        loader = build_train_loader(cfg, build_dataset(cfg).train)
+        num_classes = loader.dataset.num_classes
     else:
         num_classes = max(2, args.batch // cfg.DATALOADER.NUM_INSTANCE)
         loader = None
@@ -199,9 +197,7 @@ def bench_infer(args, cfg, device) -> dict:
 
 def bench_data(args, cfg) -> dict:
     from datasets import build_dataset, build_train_loader
-    dataset = build_dataset(cfg)
-    labels, _ = dataset.train_labels()
-    loader = build_train_loader(cfg, dataset.train, labels)
+    loader = build_train_loader(cfg, build_dataset(cfg).train)
     loader.batch_sampler.set_epoch(1)
     images, start = 0, time.perf_counter()
     for number, batch in enumerate(loader):
