@@ -5,23 +5,19 @@
 """
 from __future__ import annotations
 
-import os
 
-from torch.utils.tensorboard import SummaryWriter
 
 from datasets import build_dataset, build_train_loader
 from datasets.hoss import format_statistics, statistics_rows
-from loss import build_loss
 from model import build_model
-from model.weights import load_weights
 from processor.checkpoint import export_weights
 from processor.engine import Trainer, unwrap, wrap_ddp
 from processor.evaluator import Evaluator
 from processor.hooks import CheckpointHook, EvalHook, ProgressHook
-from processor.setup import run_training
-from solver import CosineWarmupScheduler, build_optimizer
+from processor.setup import prepare_training, run_training
+from solver import CosineWarmupScheduler
 from utils.cli import run_cli
-from utils.distributed import is_main, rank, world_size
+from utils.distributed import rank, world_size
 
 
 def build_trainer(cfg, device, logger) -> Trainer:
@@ -32,17 +28,8 @@ def build_trainer(cfg, device, logger) -> Trainer:
     logger.info("data (%s):\n%s", dataset.root, format_statistics(statistics_rows(protocols, dataset.train)))
 
     loader = build_train_loader(cfg, dataset.train, rank(), world_size())
-    model = build_model(cfg, num_classes=loader.dataset.num_classes)
-    if cfg.MODEL.PRETRAIN_PATH:
-        load_weights(model, cfg.MODEL.PRETRAIN_PATH, mode="init", strict=cfg.MODEL.STRICT_LOAD)
-    else:
-        logger.info("MODEL.PRETRAIN_PATH is empty: training from random initialisation")
-    model.to(device)
-    if cfg.MODEL.COMPILE:
-        model.backbone.compile()
-    criterion = build_loss(cfg).to(device)
-    optimizer = build_optimizer(cfg, model, criterion)
-    writer = SummaryWriter(os.path.join(cfg.OUTPUT_DIR, "tensorboard")) if is_main() else None
+    model, criterion, optimizer, writer = prepare_training(
+        cfg, build_model(cfg, num_classes=loader.dataset.num_classes), device, logger)
     hooks = [
         ProgressHook(cfg.SOLVER.LOG_PERIOD, writer),
         EvalHook(Evaluator(cfg, protocols), cfg.SOLVER.EVAL_PERIOD, cfg.OUTPUT_DIR, writer),

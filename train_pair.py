@@ -5,21 +5,17 @@ Writes OUTPUT_DIR/backbone_final.pth, which train.py takes as MODEL.PRETRAIN_PAT
 """
 from __future__ import annotations
 
-import os
 
-from torch.utils.tensorboard import SummaryWriter
 
 from datasets import build_pair_loader
-from loss import build_loss
 from model import build_model
-from model.weights import load_weights
 from processor.checkpoint import export_backbone
 from processor.engine import Trainer, unwrap, wrap_ddp
 from processor.hooks import CheckpointHook, ProgressHook
-from processor.setup import run_training
-from solver import CosineWarmupScheduler, build_optimizer
+from processor.setup import prepare_training, run_training
+from solver import CosineWarmupScheduler
 from utils.cli import run_cli
-from utils.distributed import is_main, rank, world_size
+from utils.distributed import rank, world_size
 from utils.errors import ShipReIDError
 
 
@@ -30,15 +26,8 @@ def build_pair_trainer(cfg, device, logger) -> Trainer:
     loader = build_pair_loader(cfg, rank(), world_size())
     logger.info("%d optical-SAR pairs, %d pairs per batch", len(loader.dataset), cfg.SOLVER.IMS_PER_BATCH // 2)
     model = build_model(cfg)
-    if cfg.MODEL.PRETRAIN_PATH:
-        load_weights(model, cfg.MODEL.PRETRAIN_PATH, mode="init", strict=cfg.MODEL.STRICT_LOAD)
     model.neck.requires_grad_(False)  # pretraining trains and exports the backbone only
-    model.to(device)
-    if cfg.MODEL.COMPILE:
-        model.backbone.compile()
-    criterion = build_loss(cfg).to(device)
-    optimizer = build_optimizer(cfg, model, criterion)
-    writer = SummaryWriter(os.path.join(cfg.OUTPUT_DIR, "tensorboard")) if is_main() else None
+    model, criterion, optimizer, writer = prepare_training(cfg, model, device, logger)
     export = CheckpointHook(cfg.SOLVER.CHECKPOINT_PERIOD, cfg.OUTPUT_DIR, final_exports=[
         lambda t: [export_backbone(unwrap(t.model), cfg.OUTPUT_DIR, "backbone_final")]])
     return Trainer(cfg, wrap_ddp(model, device), criterion, optimizer, CosineWarmupScheduler(optimizer, cfg),

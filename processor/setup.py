@@ -2,13 +2,18 @@
 from __future__ import annotations
 
 import argparse
+import os
 import random
 
 import numpy as np
 import torch
+from torch.utils.tensorboard import SummaryWriter
 
 from configs import add_config_args, parse_args, setup_config
 from configs.loader import write_config
+from loss import build_loss
+from model.weights import load_weights
+from solver import build_optimizer
 from utils.device import resolve_device
 from utils.distributed import init_distributed, is_main
 from utils.logger import setup_logger
@@ -47,3 +52,18 @@ def run_training(argv, description: str, log_name: str, build_trainer):
         trainer.resume_from(cfg.OUTPUT_DIR)
     trainer.train()
     return trainer
+
+
+def prepare_training(cfg, model, device, logger):
+    """Initialisation weights, device, optional compile, then (model, criterion, optimizer, TensorBoard writer)."""
+    if cfg.MODEL.PRETRAIN_PATH:
+        load_weights(model, cfg.MODEL.PRETRAIN_PATH, mode="init", strict=cfg.MODEL.STRICT_LOAD)
+    else:
+        logger.info("MODEL.PRETRAIN_PATH is empty: training from random initialisation")
+    model.to(device)
+    if cfg.MODEL.COMPILE:
+        model.backbone.compile()
+    criterion = build_loss(cfg).to(device)
+    optimizer = build_optimizer(cfg, model, criterion)
+    writer = SummaryWriter(os.path.join(cfg.OUTPUT_DIR, "tensorboard")) if is_main() else None
+    return model, criterion, optimizer, writer
