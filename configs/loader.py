@@ -14,6 +14,8 @@ from utils.errors import ShipReIDError
 from .defaults import get_cfg_defaults
 
 BASE_KEY = "_BASE_"
+# list keys whose length is free; every other list keeps the length of its default (sizes, strides, ...)
+VARIABLE_LENGTH_KEYS = ("DATASETS.PROTOCOLS", "LOSS.TERMS", "LOSS.WEIGHTS", "SOLVER.NO_DECAY_KEYS")
 
 
 class ConfigError(ShipReIDError):
@@ -41,16 +43,13 @@ def _coerce(value: Any, default: Any, key: str, source: str) -> Any:
     elif isinstance(default, str):
         if isinstance(value, str):
             return value
-    elif isinstance(default, (list, tuple)):
-        if isinstance(value, (list, tuple)):
-            if default and len(value) == len(default) and all(
-                    not isinstance(d, (list, tuple, CN)) for d in default):
-                return [_coerce(v, d, f"{key}[{i}]", source) for i, (v, d) in enumerate(zip(value, default))]
-            if default and not value:
-                return []
-            if default:
-                return [_coerce(v, default[0], f"{key}[{i}]", source) for i, v in enumerate(value)]
-            return list(value)
+    elif isinstance(default, (list, tuple)) and isinstance(value, (list, tuple)):
+        if key in VARIABLE_LENGTH_KEYS:
+            element = default[0] if default else None
+            return [v if element is None else _coerce(v, element, f"{key}[{i}]", source) for i, v in enumerate(value)]
+        if len(value) == len(default):
+            return [_coerce(v, d, f"{key}[{i}]", source) for i, (v, d) in enumerate(zip(value, default))]
+        raise ConfigError(f"{source}: {key} takes exactly {len(default)} values like {list(default)!r}, got {value!r}")
     raise ConfigError(f"{source}: {key} must be a {type(default).__name__} like {default!r}, got {value!r}")
 
 

@@ -197,8 +197,9 @@ def load_weights(model, path: str, mode: str = "full", strict: bool = True) -> L
                 report.mismatched.append(f"{key} {list(value.shape)} vs model {list(own[key].shape)}")
         else:
             to_load[key] = value
+    mismatched_keys = {entry.split(" ")[0] for entry in report.mismatched}
     for key in own:
-        if key in to_load:
+        if key in to_load or key in mismatched_keys:
             continue
         if key.startswith("classifier.") or (mode == "init" and (
                 not key.startswith("backbone.") or key.startswith(_OPTIONAL_AT_INIT))):
