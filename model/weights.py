@@ -82,7 +82,7 @@ def read_state_dict(path: str) -> dict:
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
 
 
-def detect_layout(state: dict) -> str:
+def detect_layout(state: dict, path: str = "weights") -> str:
     keys = list(state)
     if any(k.startswith("backbone.") for k in keys):
         return "shipreid"
@@ -92,8 +92,8 @@ def detect_layout(state: dict) -> str:
         return "official_backbone"
     if "cls_token" in state and any(k.startswith("blocks.") for k in keys):
         return "imagenet_vit"
-    raise WeightsError("unrecognised checkpoint layout (first keys: " + ", ".join(keys[:5]) + "); expected a "
-                       "shipreid, official TransOSS or ImageNet ViT state dict")
+    raise WeightsError(f"{path}: unrecognised checkpoint layout (first keys: " + ", ".join(keys[:5]) + "); expected "
+                       "a shipreid, official TransOSS or ImageNet ViT state dict")
 
 
 def _official_backbone_key(key: str) -> str:
@@ -159,7 +159,7 @@ def load_weights(model, path: str, mode: str = "full", strict: bool = True) -> L
     if mode not in ("init", "full"):
         raise ValueError(f"mode must be 'init' or 'full', got {mode!r}")
     raw = read_state_dict(path)
-    layout = detect_layout(raw)
+    layout = detect_layout(raw, path)
     state, ignored = checkpoint_filter_fn(raw, layout)
     report = LoadReport(path, layout, ignored=ignored)
     own = model.state_dict()

@@ -50,3 +50,19 @@ def test_sharded_test_py_equals_official_features(golden_dir, hoss_root, tmp_pat
         ref = np.load(os.path.join(golden, f"features_{protocol}.npz"))
         assert list(ours["names"]) == list(ref["names"])
         assert np.abs(ours["feats"] - ref["feats"]).max() < 1e-4
+
+
+def test_a_rank_that_raises_stops_the_whole_job(hoss_root, tmp_path):
+    """Rank 0 cannot write OUTPUT_DIR (a path under a regular file) while rank 1 goes on to its first
+    collective: the job must end promptly with rank 0's message instead of hanging."""
+    import time
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    args = ["--config_file", "configs/hoss/transoss.yml", "DATASETS.ROOT_DIR", hoss_root, *DETERMINISTIC_RUN,
+            "OUTPUT_DIR", str(blocker / "out"), "DIST.TIMEOUT_S", "60"]
+    start = time.time()
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "train.py", *args], cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert done.returncode != 0
+    assert "OUTPUT_DIR" in done.stdout + done.stderr and "cannot be written" in done.stdout + done.stderr
+    assert time.time() - start < 120

@@ -22,7 +22,7 @@ TARGETS = ("shipreid", "official", "safetensors")
 
 def convert(source: str, target: str, to: str) -> str:
     raw = read_state_dict(source)
-    state, ignored = checkpoint_filter_fn(raw, detect_layout(raw))
+    state, ignored = checkpoint_filter_fn(raw, detect_layout(raw, source))
     if ignored:
         print(f"dropped {len(ignored)} unused entries: {', '.join(ignored[:6])}{' ...' if len(ignored) > 6 else ''}")
     if to == "official":

@@ -1,0 +1,74 @@
+"""SIGKILL at three points (inside an epoch, just after a checkpoint, during a checkpoint write): every
+resumed run ends with exactly the weights of an uninterrupted run, and no partial checkpoint is ever used."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import REPO
+
+import train as train_entry
+
+# a model big enough that a checkpoint write takes a few milliseconds (a window the test can hit)
+RUN = ["MODEL.EMBED_DIM", "96", "MODEL.DEPTH", "4", "MODEL.NUM_HEADS", "4", "MODEL.DEVICE", "cpu",
+       "DATALOADER.NUM_WORKERS", "0", "SOLVER.IMS_PER_BATCH", "8", "SOLVER.AMP", "off", "MODEL.PRETRAIN_PATH", "",
+       "SOLVER.MAX_EPOCHS", "5", "SOLVER.CHECKPOINT_PERIOD", "1", "SOLVER.EVAL_PERIOD", "0", "SOLVER.LOG_PERIOD", "1",
+       "DATASETS.PROTOCOLS", "['ALL']"]
+
+
+def kill_when(args, out, condition, timeout=180.0) -> bool:
+    """Start training into `out`, SIGKILL it as soon as `condition(out)` holds; False if it finished first."""
+    process = subprocess.Popen([sys.executable, "train.py", "--config_file", "configs/hoss/transoss.yml",
+                                *args, "OUTPUT_DIR", str(out)], cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while process.poll() is None and time.time() < deadline:
+        if condition(out):
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            return True
+    process.wait()
+    return False
+
+
+def log_has(text):
+    return lambda out: (out / "train.log").is_file() and text in (out / "train.log").read_text()
+
+
+def checkpoint_exists(name):
+    return lambda out: (out / "checkpoints" / name).is_file()
+
+
+def writing_a_later_checkpoint(out) -> bool:
+    """A checkpoint file is being written while an earlier one is already complete and named."""
+    folder = out / "checkpoints"
+    return (folder / "last_checkpoint").is_file() and any(".tmp-" in name for name in os.listdir(folder))
+
+
+@pytest.fixture
+def uninterrupted(hoss_root, tmp_path):
+    args = ["DATASETS.ROOT_DIR", hoss_root, *RUN]
+    state = train_entry.main(["--config_file", "configs/hoss/transoss.yml", *args, "OUTPUT_DIR",
+                              str(tmp_path / "full")]).model.state_dict()
+    return args, state
+
+
+@pytest.mark.parametrize("point", ["inside_epoch", "after_checkpoint", "during_checkpoint_write"])
+def test_sigkill_then_resume_is_exact(uninterrupted, tmp_path, point):
+    args, expected = uninterrupted
+    out = tmp_path / point
+    condition = {"inside_epoch": log_has("epoch 3 iter 4/"), "after_checkpoint": checkpoint_exists("epoch_0002.pth"),
+                 "during_checkpoint_write": writing_a_later_checkpoint}[point]
+    assert kill_when(args, out, condition), f"the run ended before the kill point {point}"
+    named = (out / "checkpoints" / "last_checkpoint").read_text().strip()
+    assert ".tmp-" not in named and (out / "checkpoints" / named).is_file()  # never a partial file
+    resumed = train_entry.main(["--config_file", "configs/hoss/transoss.yml", *args, "OUTPUT_DIR", str(out),
+                                "--resume"]).model.state_dict()
+    for key in expected:
+        assert torch.equal(expected[key], resumed[key]), key
