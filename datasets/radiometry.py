@@ -19,9 +19,10 @@ def sar_max_to_uint8(amplitude: np.ndarray) -> np.ndarray:
 
 
 def sar_percentile_to_uint8(amplitude: np.ndarray, low: float, high: float) -> np.ndarray:
-    """MOS denoising: clip to the [low, high] percentiles (linear interpolation) and stretch."""
-    lo, hi = np.percentile(amplitude, [low, high])
-    scaled = (amplitude - lo) / (hi - lo + PERCENTILE_EPS) * 255
+    """MOS denoising: clip to the [low, high] percentiles (linear interpolation) and stretch, in float32 as the
+    released code computes it (NumPy 1 keeps float32 arrays float32 when combined with float64 scalars)."""
+    lo, hi = (np.float32(v) for v in np.percentile(amplitude, [low, high]))
+    scaled = (amplitude - lo) / (hi - lo + np.float32(PERCENTILE_EPS)) * np.float32(255)
     return np.clip(scaled, 0, 255).astype(np.uint8)
 
 

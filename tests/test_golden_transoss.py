@@ -1,4 +1,5 @@
-"""Parity with the official TransOSS code: its own features and metrics on the real chips, through test.py."""
+"""Parity with the official TransOSS and MOS code: their own features and metrics on the real chips, through
+test.py (MOS without its unreleased fusion: the TransOSS model with MOS's percentile SAR stretch)."""
 from __future__ import annotations
 
 import json
@@ -14,13 +15,15 @@ import test as test_entry
 PROTOCOLS = ("ALL", "O2S", "S2O")
 
 
-def test_test_py_reproduces_official_outputs(golden_dir, hoss_root, tmp_path):
-    golden = os.path.join(golden_dir, "transoss_tiny")
+@pytest.mark.parametrize("method,radiometry", [("transoss", "max"), ("mos", "percentile")])
+def test_test_py_reproduces_official_outputs(golden_dir, hoss_root, tmp_path, method, radiometry):
+    golden = os.path.join(golden_dir, f"{method}_tiny")
     out = tmp_path / "out"
     results = test_entry.main([
         "--config_file", "configs/hoss/transoss.yml", "DATASETS.ROOT_DIR", hoss_root,
-        "TEST.WEIGHT", os.path.join(golden, "transoss_tiny_official_format.pth"), "MODEL.DEVICE", "cpu",
-        "OUTPUT_DIR", str(out), "TEST.SAVE_FEATS", "True", "DATALOADER.NUM_WORKERS", "0", *TINY_MODEL])
+        "TEST.WEIGHT", os.path.join(golden, f"{method}_tiny_official_format.pth"), "MODEL.DEVICE", "cpu",
+        "OUTPUT_DIR", str(out), "TEST.SAVE_FEATS", "True", "DATALOADER.NUM_WORKERS", "0",
+        "INPUT.SAR_RADIOMETRY", radiometry, *TINY_MODEL])
     with open(os.path.join(golden, "results.json")) as f:
         expected = json.load(f)
     with open(out / "results.json") as f:
