@@ -5,8 +5,6 @@
 """
 from __future__ import annotations
 
-
-
 from datasets import build_dataset, build_train_loader
 from datasets.hoss import format_statistics, statistics_rows
 from model import build_model

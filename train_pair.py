@@ -5,8 +5,6 @@ Writes OUTPUT_DIR/backbone_final.pth, which train.py takes as MODEL.PRETRAIN_PAT
 """
 from __future__ import annotations
 
-
-
 from datasets import build_pair_loader
 from model import build_model
 from processor.checkpoint import export_backbone
