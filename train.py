@@ -35,7 +35,7 @@ def build_trainer(cfg, device, logger) -> Trainer:
                        final_exports=[lambda t: export_weights(unwrap(t.model), cfg.OUTPUT_DIR, "model_final")]),
     ]
     return Trainer(cfg, wrap_ddp(model, device), criterion, optimizer, CosineWarmupScheduler(optimizer, cfg),
-                   loader, device, hooks, rank())
+                   loader, device, hooks)
 
 
 def main(argv=None):

@@ -29,7 +29,7 @@ def build_pair_trainer(cfg, device, logger) -> Trainer:
     export = CheckpointHook(cfg.SOLVER.CHECKPOINT_PERIOD, cfg.OUTPUT_DIR, final_exports=[
         lambda t: [export_backbone(unwrap(t.model), cfg.OUTPUT_DIR, "backbone_final")]])
     return Trainer(cfg, wrap_ddp(model, device), criterion, optimizer, CosineWarmupScheduler(optimizer, cfg),
-                   loader, device, [ProgressHook(cfg.SOLVER.LOG_PERIOD, writer), export], rank())
+                   loader, device, [ProgressHook(cfg.SOLVER.LOG_PERIOD, writer), export])
 
 
 def main(argv=None):

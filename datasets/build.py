@@ -13,10 +13,10 @@ from .chip_dataset import ChipDataset
 from .hoss import HOSS
 from .radiometry import ChipDecoder
 from .records import ChipRecord, DatasetError, relabel
-from .screening import screen_records
-from .ship_size import ShipSizeEncoder
 from .pairs import PairDataset, ShuffledBatchSampler, collate_pairs, scan_pairs
 from .samplers import PKBatchSampler
+from .screening import screen_records
+from .ship_size import ShipSizeEncoder
 from .transforms import build_test_transform, build_train_transform
 
 DATASETS = Registry("dataset")
@@ -28,7 +28,7 @@ def build_dataset(cfg):
 
 
 def screen(cfg, records, decoder) -> tuple[list[ChipRecord], dict]:
-    """Training images decoded once up front (DATALOADER.ON_BAD_IMAGE, CACHE_IMAGES, CACHE_MAX_GB)."""
+    """Training (or pair) images decoded once up front (DATALOADER.ON_BAD_IMAGE, CACHE_IMAGES, CACHE_MAX_GB)."""
     cache_bytes = cfg.DATALOADER.CACHE_MAX_GB * 2 ** 30 if cfg.DATALOADER.CACHE_IMAGES else 0.0
     return screen_records(records, decoder, cfg.DATALOADER.ON_BAD_IMAGE, cache_bytes)
 
@@ -53,10 +53,13 @@ def seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
-def loader_generator(cfg) -> torch.Generator:
-    """The loader draws its worker seeds from here, not from the global generator, so starting an epoch's
-    iterator (also when resuming inside an epoch) leaves the model's random state untouched."""
-    return torch.Generator().manual_seed(cfg.SEED)
+def training_loader(cfg, dataset, batch_sampler, **extra) -> DataLoader:
+    """A DataLoader over seeded batches. It draws its worker seeds from its own generator, not the global one,
+    so starting an epoch's iterator (also when resuming inside an epoch) leaves the model's RNG untouched."""
+    workers = cfg.DATALOADER.NUM_WORKERS
+    return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=workers, persistent_workers=workers > 0,
+                      worker_init_fn=seed_worker, pin_memory=torch.cuda.is_available(),
+                      generator=torch.Generator().manual_seed(cfg.SEED), **extra)
 
 
 def build_train_loader(cfg, records: list[ChipRecord], rank: int = 0, world_size: int = 1) -> DataLoader:
@@ -74,10 +77,7 @@ def build_train_loader(cfg, records: list[ChipRecord], rank: int = 0, world_size
                              cfg.DATALOADER.NUM_INSTANCE, seed=cfg.SEED,
                              modality_balanced=cfg.DATALOADER.SAMPLER == "pk_modality", rank=rank,
                              world_size=world_size)
-    workers = cfg.DATALOADER.NUM_WORKERS
-    return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, persistent_workers=workers > 0,
-                      worker_init_fn=seed_worker, pin_memory=torch.cuda.is_available(),
-                      generator=loader_generator(cfg))
+    return training_loader(cfg, dataset, sampler)
 
 
 def build_pair_loader(cfg, rank: int = 0, world_size: int = 1) -> DataLoader:
@@ -92,7 +92,4 @@ def build_pair_loader(cfg, rank: int = 0, world_size: int = 1) -> DataLoader:
     chips = ChipDataset([], decoder, ShipSizeEncoder.from_config(cfg), build_train_transform(cfg), cache=cache)
     sampler = ShuffledBatchSampler(len(pairs), cfg.SOLVER.IMS_PER_BATCH // 2, seed=cfg.SEED, rank=rank,
                                    world_size=world_size)
-    workers = cfg.DATALOADER.NUM_WORKERS
-    return DataLoader(PairDataset(pairs, chips), batch_sampler=sampler, collate_fn=collate_pairs,
-                      num_workers=workers, persistent_workers=workers > 0, worker_init_fn=seed_worker,
-                      pin_memory=torch.cuda.is_available(), generator=loader_generator(cfg))
+    return training_loader(cfg, PairDataset(pairs, chips), sampler, collate_fn=collate_pairs)

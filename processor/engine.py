@@ -48,10 +48,10 @@ class Trainer:
     inside the epoch, and what the hooks keep (best metric).
     """
 
-    def __init__(self, cfg, model, criterion, optimizer, scheduler, loader, device, hooks=(), rank: int = 0):
+    def __init__(self, cfg, model, criterion, optimizer, scheduler, loader, device, hooks=()):
         self.cfg, self.model, self.criterion = cfg, model, criterion
         self.optimizer, self.scheduler, self.loader = optimizer, scheduler, loader
-        self.device, self.hooks, self.rank = device, list(hooks), rank
+        self.device, self.hooks = device, list(hooks)
         params = list(model.parameters()) + list(criterion.parameters())
         self.step_wrapper = OptimizerStep(optimizer, params, cfg.SOLVER.AMP, device, cfg.SOLVER.ACCUM_STEPS,
                                           cfg.SOLVER.CLIP_GRAD_NORM, sync_params=list(criterion.parameters()))
