@@ -45,6 +45,18 @@ _C.MODEL.PRETRAIN_PATH = ""
 # Synchronise the BN neck's batch statistics across DDP ranks (then a multi-process run computes the
 # same step as one process with the same global batch).
 _C.MODEL.SYNC_BN = False
+# SDF-Net modules (Chen et al. 2026); both off = TransOSS. See docs/methods.md.
+_C.MODEL.SDF = CN()
+# Disentangled feature learning: "off"; "tokens" (released code: a shared and a modality-specific class
+# token, the position embedding one entry longer); "linear" (paper figure: two linear heads on the class
+# token). Pairs with the "orth" loss term.
+_C.MODEL.SDF.DFL = "off"
+# How f_shared and f_specific become the ReID feature: "sum" (official), "shared", "specific", "concat"
+# (twice the width).
+_C.MODEL.SDF.FUSION = "sum"
+# Structure-aware consistency: the block (counted from 1) whose patch map feeds the structure descriptor
+# of the "struct" loss term; 0 = off (official SDF-Net: 6).
+_C.MODEL.SDF.STRUCT_LAYER = 0
 # Refuse weights whose keys do not fit the model (unexpected keys, shape mismatches). Set False to
 # load what fits and only report the rest.
 _C.MODEL.STRICT_LOAD = True
@@ -52,7 +64,9 @@ _C.MODEL.STRICT_LOAD = True
 # ---------------------------------------------------------------------------------------------- LOSS
 _C.LOSS = CN()
 # Loss terms (see loss/terms.py) and their weights, in the same order. Fine-tuning: id + triplet;
-# contrastive pretraining: infonce. A weight of 0 keeps a term logged but out of the total.
+# contrastive pretraining: infonce; SDF-Net adds orth and struct, MOS adds cmal. A weight of 0 keeps a
+# term logged but out of the total; orth and struct are left out (with a log line) while their SDF-Net
+# module is off, so one module switch is one ablation.
 _C.LOSS.TERMS = ["id", "triplet"]
 _C.LOSS.WEIGHTS = [1.0, 1.0]
 # Label smoothing of the identity cross-entropy (official: 0, i.e. IF_LABELSMOOTH off).
@@ -65,6 +79,9 @@ _C.LOSS.GATHER_ACROSS_RANKS = True
 # Symmetric InfoNCE: initial temperature (official 0.07) and the cap on the learned logit scale.
 _C.LOSS.INFONCE_TEMPERATURE = 0.07
 _C.LOSS.INFONCE_MAX_SCALE = 100.0
+# MOS CMAL: False = the released code's Euclidean norms of the mean and variance gaps, True = the
+# paper's squared norms.
+_C.LOSS.CMAL_SQUARED = False
 
 # --------------------------------------------------------------------------------------------- INPUT
 _C.INPUT = CN()
@@ -79,6 +96,9 @@ _C.INPUT.PIXEL_STD = [0.229, 0.224, 0.225]
 _C.INPUT.FLIP_PROB = 0.5
 _C.INPUT.PADDING = 10
 _C.INPUT.RE_PROB = 0.5
+# Colour jitter strength for brightness, contrast and saturation (factors drawn from [1 - s, 1 + s], in a
+# random order; hue untouched), after the flip. 0 = off (TransOSS, MOS); SDF-Net uses 0.2.
+_C.INPUT.COLOR_JITTER = 0.0
 # SAR float32 amplitude to 8-bit: "max" (official: x / max(x) * 255, truncated), "percentile" (MOS
 # denoising: clip to [p_low, p_high] percentiles, stretch), "db" (20 log10 amplitude in DB_RANGE).
 _C.INPUT.SAR_RADIOMETRY = "max"

@@ -88,10 +88,17 @@ def _read_yaml(path: str, seen: tuple = ()) -> list[tuple[str, dict]]:
 
 
 def _parse_override(text: str) -> Any:
+    """A Python literal (`5e-4`, `['id', 'triplet']`), a YAML flow list (`[id,triplet]`), or the text."""
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
-        return text
+        pass
+    if text.strip().startswith("["):
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError:
+            pass
+    return text
 
 
 def merge_overrides(cfg: CN, opts: Iterable[str]) -> None:

@@ -11,6 +11,7 @@ from typing import Optional
 
 import numpy as np
 import torch
+import torchvision.transforms.functional as TF
 from PIL import Image
 
 from .erasing import draw_box
@@ -31,13 +32,25 @@ class ResizeToTensor:
         return _to_tensor(Image.fromarray(array).resize((self.width, self.height), self.interpolation))
 
 
-class TrainTransform:
-    """Official training geometry: bicubic resize, horizontal flip, zero padding, random crop; plus the
-    random-erasing box that the device fills after normalisation (`erase_box`)."""
+_JITTERS = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation)
 
-    def __init__(self, size, flip_prob: float, padding: int, erase_prob: float):
+
+def color_jitter(image: torch.Tensor, strength: float, rng: np.random.Generator) -> torch.Tensor:
+    """Brightness, contrast and saturation, each by a factor from [1 - s, 1 + s], in a random order
+    (torchvision's ColorJitter(s, s, s) with the factors drawn from the item's generator)."""
+    factors = rng.uniform(max(0.0, 1 - strength), 1 + strength, size=len(_JITTERS))
+    for index in rng.permutation(len(_JITTERS)):
+        image = _JITTERS[index](image, float(factors[index]))
+    return image
+
+
+class TrainTransform:
+    """Official training geometry: bicubic resize, horizontal flip, (colour jitter,) zero padding, random
+    crop; plus the random-erasing box that the device fills after normalisation (`erase_box`)."""
+
+    def __init__(self, size, flip_prob: float, padding: int, erase_prob: float, jitter: float = 0.0):
         self.resize = ResizeToTensor(size, Image.BICUBIC)
-        self.flip_prob, self.padding, self.erase_prob = flip_prob, padding, erase_prob
+        self.flip_prob, self.padding, self.erase_prob, self.jitter = flip_prob, padding, erase_prob, jitter
 
     def erase_box(self, rng: np.random.Generator) -> torch.Tensor:
         return torch.tensor(draw_box(rng, self.erase_prob, self.resize.height, self.resize.width))
@@ -46,6 +59,8 @@ class TrainTransform:
         image = self.resize(array)
         if rng.random() < self.flip_prob:
             image = image.flip(-1)
+        if self.jitter:
+            image = color_jitter(image, self.jitter, rng)
         if self.padding:
             p = self.padding
             image = torch.nn.functional.pad(image, (p, p, p, p))
@@ -59,4 +74,5 @@ def build_test_transform(cfg) -> ResizeToTensor:
 
 
 def build_train_transform(cfg) -> TrainTransform:
-    return TrainTransform(cfg.INPUT.SIZE_TRAIN, cfg.INPUT.FLIP_PROB, cfg.INPUT.PADDING, cfg.INPUT.RE_PROB)
+    return TrainTransform(cfg.INPUT.SIZE_TRAIN, cfg.INPUT.FLIP_PROB, cfg.INPUT.PADDING, cfg.INPUT.RE_PROB,
+                          cfg.INPUT.COLOR_JITTER)

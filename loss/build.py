@@ -1,12 +1,16 @@
 """The weighted sum of the configured loss terms, returned as a named dict."""
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
 
 from utils.errors import ShipReIDError
 
 from .terms import LOSS_TERMS
+
+logger = logging.getLogger("shipreid.loss")
 
 
 class LossComposer(nn.Module):
@@ -29,5 +33,12 @@ def build_loss(cfg) -> LossComposer:
         raise ShipReIDError(f"LOSS.TERMS {names} and LOSS.WEIGHTS {weights} must have the same length")
     if len(set(names)) != len(names):
         raise ShipReIDError(f"LOSS.TERMS lists a term twice: {names}")
-    terms = {name: LOSS_TERMS.get(name, "LOSS.TERMS")(cfg) for name in names}
-    return LossComposer(terms, dict(zip(names, weights)))
+    terms, kept = {}, {}
+    for name, weight in zip(names, weights):
+        term = LOSS_TERMS.get(name, "LOSS.TERMS")
+        reason = term.off_reason(cfg) if hasattr(term, "off_reason") else None
+        if reason:
+            logger.info("loss term %r left out: %s", name, reason)
+            continue
+        terms[name], kept[name] = term(cfg), weight
+    return LossComposer(terms, kept)

@@ -1,4 +1,8 @@
-"""Registered loss terms: each reads the model outputs and the batch and returns a scalar."""
+"""Registered loss terms: each reads the model outputs and the batch and returns a scalar.
+
+A term that belongs to a switchable module has `off_reason(cfg)`: while the module is off, the term is
+left out of the loss (and the log says so), so that an ablation is one override of the module switch.
+"""
 from __future__ import annotations
 
 import torch
@@ -8,6 +12,7 @@ from torch import nn
 from utils.distributed import all_gather_with_grad
 from utils.registry import Registry
 
+from .alignment import classwise_alignment_loss, orthogonality_loss, structure_prototype_loss
 from .infonce import SymmetricInfoNCE
 from .triplet import batch_hard_triplet
 
@@ -59,3 +64,53 @@ class PairInfoNCE(SymmetricInfoNCE):
             # temperature's gradient is then identical on every rank, so it needs no DDP averaging
             optical, sar = all_gather_with_grad(optical), all_gather_with_grad(sar)
         return super().forward(optical, sar)
+
+
+def _gathered(gather: bool, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    return tuple(all_gather_with_grad(t) for t in tensors) if gather else tensors
+
+
+@LOSS_TERMS.register("orth")
+class OrthogonalityLoss(nn.Module):
+    """SDF-Net DFL: mean |cos| between each sample's shared and specific features."""
+
+    def __init__(self, cfg):
+        super().__init__()
+
+    @staticmethod
+    def off_reason(cfg) -> str | None:
+        return "DFL is off (MODEL.SDF.DFL off)" if cfg.MODEL.SDF.DFL == "off" else None
+
+    def forward(self, outputs: dict, batch: dict) -> torch.Tensor:
+        return orthogonality_loss(outputs["feat_shared"], outputs["feat_specific"])
+
+
+@LOSS_TERMS.register("struct")
+class StructureLoss(nn.Module):
+    """SDF-Net SCL: optical and SAR structure prototypes of each identity pulled together."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.gather = cfg.LOSS.GATHER_ACROSS_RANKS
+
+    @staticmethod
+    def off_reason(cfg) -> str | None:
+        return "SCL is off (MODEL.SDF.STRUCT_LAYER 0)" if cfg.MODEL.SDF.STRUCT_LAYER == 0 else None
+
+    def forward(self, outputs: dict, batch: dict) -> torch.Tensor:
+        structure, labels, modality = _gathered(self.gather, outputs["structure"], batch["label"], batch["modality"])
+        return structure_prototype_loss(structure, labels, modality)
+
+
+@LOSS_TERMS.register("cmal")
+class ClasswiseAlignmentLoss(nn.Module):
+    """MOS CMAL on the L2-normalised pre-neck feature."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.gather = cfg.LOSS.GATHER_ACROSS_RANKS
+        self.squared = cfg.LOSS.CMAL_SQUARED
+
+    def forward(self, outputs: dict, batch: dict) -> torch.Tensor:
+        feat, labels, modality = _gathered(self.gather, outputs["feat"], batch["label"], batch["modality"])
+        return classwise_alignment_loss(feat, labels, modality, self.squared)

@@ -7,6 +7,8 @@ from torch import nn
 from utils.distributed import all_reduce_sum_with_grad, world_size
 from utils.errors import ShipReIDError
 
+from .structure import structure_descriptor
+
 NECK_FEATS = ("before", "after")
 
 
@@ -53,32 +55,39 @@ class BNNeck(nn.BatchNorm1d):
 
 
 class ReIDModel(nn.Module):
-    """outputs = {"feat": pre-neck feature, "feat_bn": after the neck, "logits": in training}.
+    """outputs = {"feat": pre-neck feature, "feat_bn": after the neck, "logits": in training}, plus what the
+    head adds (SDF-Net: "feat_shared", "feat_specific") and, with a structure tap, "structure".
 
     batch["image"] is uint8 (normalised here) or float that is already normalised (training batches
     after on-device augmentation).
     """
 
-    def __init__(self, backbone: nn.Module, embed_dim: int, num_classes: int, pixel_mean, pixel_std,
-                 sync_bn: bool = False):
+    def __init__(self, backbone: nn.Module, head: nn.Module, num_classes: int, pixel_mean, pixel_std,
+                 sync_bn: bool = False, struct_layer: int = 0):
         super().__init__()
         self.normalizer = PixelNormalizer(pixel_mean, pixel_std)
         self.backbone = backbone
-        self.neck = BNNeck(embed_dim, sync=sync_bn)
+        self.head = head
+        self.struct_layer = struct_layer
+        self.neck = BNNeck(head.out_dim, sync=sync_bn)
         self.classifier = None
         if num_classes > 0:
-            self.classifier = nn.Linear(embed_dim, num_classes, bias=False)
+            self.classifier = nn.Linear(head.out_dim, num_classes, bias=False)
             nn.init.normal_(self.classifier.weight, std=0.001)
 
     def forward(self, batch: dict) -> dict:
         images = batch["image"]
         if images.dtype == torch.uint8:
             images = self.normalizer(images)
-        feat = self.backbone(images, batch["modality"], batch["size"])
-        feat_bn = self.neck(feat)
-        outputs = {"feat": feat, "feat_bn": feat_bn}
+        # the structure map only feeds a training loss; evaluation skips it
+        tap = self.struct_layer if self.training else 0
+        tokens, patch_map = self.backbone.forward_features(images, batch["modality"], batch["size"], tap)
+        outputs = self.head(tokens)
+        outputs["feat_bn"] = self.neck(outputs["feat"])
+        if patch_map is not None:
+            outputs["structure"] = structure_descriptor(patch_map)
         if self.training and self.classifier is not None:
-            outputs["logits"] = self.classifier(feat_bn)
+            outputs["logits"] = self.classifier(outputs["feat_bn"])
         return outputs
 
     @torch.no_grad()

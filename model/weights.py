@@ -3,7 +3,9 @@
 Layouts (detected from the keys, after unwrapping `model`/`state_dict` and stripping `module.`):
   shipreid          this project's checkpoints: `backbone.*`, `neck.*`, `classifier.*`
   official_full     official fine-tuned model or raw pretraining checkpoint (`transformer_<epoch>.pth`):
-                    `base.*`, `bottleneck.*`, `classifier.weight`, `logit_scale`, dead `base.fc.*`
+                    `base.*`, `bottleneck.*`, `classifier.weight`, `logit_scale`, dead `base.fc.*`;
+                    SDF-Net adds `base.cls_token_spe_{rgb,sar}`, a 130-entry `base.pos_embed` and
+                    `bottleneck_fuse.*` (the live neck when the specific tokens are present)
   official_backbone official contrastive backbone (`vit_b512_pre.pth`): TransOSS names, no prefix
   imagenet_vit      ImageNet ViT (timm's old `.pth`, the `jx_` file, current timm `.pth`/`.safetensors`)
 The mapper (`checkpoint_filter_fn`) turns any of them into this project's names; `to_official` goes back.
@@ -31,7 +33,11 @@ _OFFICIAL_TO_OURS = [
 # keys that hold nothing the model uses: ImageNet/official classification heads, distillation head
 _DEAD_BACKBONE_PREFIXES = ("fc.", "head.", "head_dist.", "fc_norm.")
 # parts of the model that an initialisation checkpoint may lack (they start from their own init)
-_OPTIONAL_AT_INIT = ("backbone.mie_embed", "backbone.size_embed.", "backbone.patch_embed.sar.")
+_OPTIONAL_AT_INIT = ("backbone.mie_embed", "backbone.size_embed.", "backbone.patch_embed.sar.",
+                     "backbone.spec_tokens", "head.")
+# SDF-Net's modality-specific class tokens, in modality order (OPTICAL, SAR), and our stacked parameter
+_OFFICIAL_SPEC_TOKENS = ("cls_token_spe_rgb", "cls_token_spe_sar")
+SPEC_TOKENS_KEY = "backbone.spec_tokens"
 
 
 class WeightsError(ShipReIDError):
@@ -109,13 +115,19 @@ def checkpoint_filter_fn(state: dict, layout: str | None = None) -> tuple[dict, 
     if layout == "shipreid":
         return dict(state), []
     mapped, ignored = {}, []
+    # SDF-Net saves two necks; the fused-feature one is live exactly when the specific tokens exist
+    disentangled = any(key.endswith(_OFFICIAL_SPEC_TOKENS[0]) for key in state)
+    live_neck, dead_neck = ("bottleneck_fuse.", "bottleneck.") if disentangled else ("bottleneck.", "bottleneck_fuse.")
     for original, value in state.items():
         key = original
         if layout == "official_full":
             if key.startswith("base."):
                 key = key[len("base."):]
-            elif key.startswith("bottleneck."):
-                mapped["neck." + key[len("bottleneck."):]] = value
+            elif key.startswith(live_neck):
+                mapped["neck." + key[len(live_neck):]] = value
+                continue
+            elif key.startswith(dead_neck):
+                ignored.append(key)
                 continue
             elif key.startswith("classifier."):
                 mapped[key] = value
@@ -127,6 +139,9 @@ def checkpoint_filter_fn(state: dict, layout: str | None = None) -> tuple[dict, 
             ignored.append(original)
             continue
         mapped["backbone." + _official_backbone_key(key)] = value
+    official_spec = ["backbone." + name for name in _OFFICIAL_SPEC_TOKENS]
+    if all(name in mapped for name in official_spec):
+        mapped[SPEC_TOKENS_KEY] = torch.cat([mapped.pop(name) for name in official_spec], dim=0)
     return mapped, ignored
 
 
@@ -146,6 +161,19 @@ def resize_pos_embed(pos_embed: torch.Tensor, target_grid: tuple[int, int], num_
     grid = old_patch_grid(pos_embed.shape[1] - num_prefix, target_grid)
     return resample_abs_pos_embed(pos_embed, new_size=list(target_grid), old_size=list(grid),
                                   num_prefix_tokens=num_prefix, interpolation="bilinear", antialias=False)
+
+
+def adapt_pos_embed(pos_embed: torch.Tensor, file_prefix: int, own_prefix: int,
+                    target_grid: tuple[int, int]) -> torch.Tensor:
+    """Fit a position embedding to the model: the class entry duplicated for SDF-Net's specific token (as the
+    released code initialises it) or the specific entry dropped, then the patch grid resized."""
+    if file_prefix < own_prefix:
+        pos_embed = torch.cat([pos_embed[:, :1]] * (own_prefix - file_prefix) + [pos_embed], dim=1)
+    elif file_prefix > own_prefix:
+        pos_embed = torch.cat([pos_embed[:, :own_prefix], pos_embed[:, file_prefix:]], dim=1)
+    if pos_embed.shape[1] - own_prefix != target_grid[0] * target_grid[1]:
+        pos_embed = resize_pos_embed(pos_embed, target_grid, own_prefix)
+    return pos_embed
 
 
 def load_weights(model, path: str, mode: str = "full", strict: bool = True) -> LoadReport:
@@ -171,12 +199,13 @@ def load_weights(model, path: str, mode: str = "full", strict: bool = True) -> L
         state[patch_key] = state[patch_key].reshape(own[patch_key].shape)  # pre-conv linear patchify
         report.notes.append("reshaped a linear patch projection to a convolution")
     pos = state.get("backbone.pos_embed")
-    # another token count at the same width is resized; another width is a mismatch reported below
+    # another token count at the same width is adapted; another width is a mismatch reported below
     if pos is not None and pos.shape != own["backbone.pos_embed"].shape and pos.shape[-1] == own["backbone.pos_embed"].shape[-1]:
-        old = tuple(state["backbone.pos_embed"].shape)
-        state["backbone.pos_embed"] = resize_pos_embed(state["backbone.pos_embed"], backbone.grid_size)
-        report.notes.append(f"resized position embedding {list(old)} -> {list(own['backbone.pos_embed'].shape)}"
-                            f" (grid {backbone.grid_size[0]}x{backbone.grid_size[1]})")
+        file_prefix = 2 if SPEC_TOKENS_KEY in state else 1
+        state["backbone.pos_embed"] = adapt_pos_embed(pos, file_prefix, backbone.num_prefix_tokens, backbone.grid_size)
+        report.notes.append(f"adapted position embedding {list(pos.shape)} -> {list(own['backbone.pos_embed'].shape)}"
+                            f" ({file_prefix} -> {backbone.num_prefix_tokens} class entries, grid "
+                            f"{backbone.grid_size[0]}x{backbone.grid_size[1]})")
     if backbone.patch_embed.sar is not None and "backbone.patch_embed.sar.weight" not in state:
         for name in ("weight", "bias"):
             optical = state.get(f"backbone.patch_embed.optical.{name}")
@@ -227,13 +256,18 @@ def _ours_to_official_backbone_key(key: str) -> str:
 
 
 def to_official(state: dict) -> dict:
-    """shipreid state dict -> the official full layout (`base.*`, `bottleneck.*`, `classifier.weight`)."""
+    """shipreid state dict -> the official full layout (`base.*`, `bottleneck.*`, `classifier.weight`); an
+    SDF-Net model (specific tokens) -> SDF-Net's (`cls_token_spe_{rgb,sar}`, `bottleneck_fuse.*`)."""
     out = {}
+    neck = "bottleneck_fuse." if SPEC_TOKENS_KEY in state else "bottleneck."
     for key, value in state.items():
-        if key.startswith("backbone."):
+        if key == SPEC_TOKENS_KEY:
+            for row, name in enumerate(_OFFICIAL_SPEC_TOKENS):
+                out["base." + name] = value[row:row + 1].clone()
+        elif key.startswith("backbone."):
             out["base." + _ours_to_official_backbone_key(key[len("backbone."):])] = value
         elif key.startswith("neck."):
-            out["bottleneck." + key[len("neck."):]] = value
+            out[neck + key[len("neck."):]] = value
         elif key.startswith("classifier."):
             out[key] = value
         else:

@@ -96,6 +96,9 @@ def test_override_values_parse_to_the_default_types():
                              "DATASETS.PROTOCOLS", "[]"])
     assert cfg.SOLVER.NO_DECAY_KEYS == ["pos_embed", "cls_token", "norm"] and cfg.DATASETS.PROTOCOLS == []
     assert cfg.MODEL.DEPTH == 4 and type(cfg.MODEL.DEPTH) is int
+    # YAML flow lists need no quotes around the words
+    cfg = load_config(None, ["LOSS.TERMS", "[id, triplet,cmal]", "LOSS.WEIGHTS", "[1,1,2.0]"])
+    assert cfg.LOSS.TERMS == ["id", "triplet", "cmal"] and cfg.LOSS.WEIGHTS == [1.0, 1.0, 2.0]
 
 
 def test_unknown_key_names_the_key_and_the_file(tmp_path):

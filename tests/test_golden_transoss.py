@@ -1,5 +1,6 @@
-"""Parity with the official TransOSS and MOS code: their own features and metrics on the real chips, through
-test.py (MOS without its unreleased fusion: the TransOSS model with MOS's percentile SAR stretch)."""
+"""Parity with the official TransOSS, SDF-Net and MOS code: their own features and metrics on the real chips,
+through test.py and each method's recipe (MOS without its unreleased fusion: the TransOSS model with MOS's
+percentile SAR stretch; SDF-Net's test feature is BN(f_shared + f_specific))."""
 from __future__ import annotations
 
 import json
@@ -15,15 +16,19 @@ import test as test_entry
 PROTOCOLS = ("ALL", "O2S", "S2O")
 
 
-@pytest.mark.parametrize("method,radiometry", [("transoss", "max"), ("mos", "percentile")])
-def test_test_py_reproduces_official_outputs(golden_dir, hoss_root, tmp_path, method, radiometry):
+# the golden SDF-Net model taps the structure map after block 1 of 2 (the recipe's 6 exceeds the tiny depth)
+OVERRIDES = {"transoss": [], "sdfnet": ["MODEL.SDF.STRUCT_LAYER", "1"], "mos": []}
+
+
+@pytest.mark.parametrize("method", sorted(OVERRIDES))
+def test_test_py_reproduces_official_outputs(golden_dir, hoss_root, tmp_path, method):
     golden = os.path.join(golden_dir, f"{method}_tiny")
     out = tmp_path / "out"
     results = test_entry.main([
-        "--config_file", "configs/hoss/transoss.yml", "DATASETS.ROOT_DIR", hoss_root,
+        "--config_file", f"configs/hoss/{method}.yml", "DATASETS.ROOT_DIR", hoss_root,
         "TEST.WEIGHT", os.path.join(golden, f"{method}_tiny_official_format.pth"), "MODEL.DEVICE", "cpu",
-        "OUTPUT_DIR", str(out), "TEST.SAVE_FEATS", "True", "DATALOADER.NUM_WORKERS", "0",
-        "INPUT.SAR_RADIOMETRY", radiometry, *TINY_MODEL])
+        "OUTPUT_DIR", str(out), "TEST.SAVE_FEATS", "True", "DATALOADER.NUM_WORKERS", "0", *TINY_MODEL,
+        *OVERRIDES[method]])
     with open(os.path.join(golden, "results.json")) as f:
         expected = json.load(f)
     with open(out / "results.json") as f:
