@@ -255,6 +255,11 @@ def _ours_to_official_backbone_key(key: str) -> str:
     return key
 
 
+def has_official_layout(state: dict) -> bool:
+    """Whether `to_official` can express this shipreid state (the official code has no linear DFL heads)."""
+    return all(key.startswith(("backbone.", "neck.", "classifier.")) for key in state)
+
+
 def to_official(state: dict) -> dict:
     """shipreid state dict -> the official full layout (`base.*`, `bottleneck.*`, `classifier.weight`); an
     SDF-Net model (specific tokens) -> SDF-Net's (`cls_token_spe_{rgb,sar}`, `bottleneck_fuse.*`)."""

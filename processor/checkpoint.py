@@ -5,14 +5,17 @@ save never leaves a partial file under a real name (the pointer is only updated 
 """
 from __future__ import annotations
 
+import logging
 import os
 import random
 
 import numpy as np
 import torch
 
-from model.weights import to_official
+from model.weights import has_official_layout, to_official
 from utils.errors import ShipReIDError
+
+logger = logging.getLogger("shipreid.checkpoint")
 
 LAST_POINTER = "last_checkpoint"
 CHECKPOINT_DIR = "checkpoints"
@@ -73,12 +76,16 @@ def load_training_state(path: str) -> dict:
         raise ShipReIDError(f"{path}: cannot read the checkpoint ({type(err).__name__}: {err})") from None
 
 
-def export_weights(model, output_dir: str, stem: str) -> tuple[str, str]:
-    """`<stem>.pth` (shipreid layout, for test.py) and `<stem>_official.pth` (official TransOSS layout)."""
+def export_weights(model, output_dir: str, stem: str) -> tuple[str, str | None]:
+    """`<stem>.pth` (shipreid layout, for test.py) and `<stem>_official.pth` (official TransOSS / SDF-Net
+    layout), the latter only for models the official code can hold (not SDF-Net's linear heads)."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     ours = os.path.join(output_dir, f"{stem}.pth")
-    official = os.path.join(output_dir, f"{stem}_official.pth")
     atomic_save(state, ours)
+    if not has_official_layout(state):
+        logger.info("%s: no official layout for this model (MODEL.SDF.DFL linear); only %s written", stem, ours)
+        return ours, None
+    official = os.path.join(output_dir, f"{stem}_official.pth")
     atomic_save(to_official(state), official)
     return ours, official
 

@@ -5,16 +5,19 @@ import os
 
 import numpy as np
 import onnxruntime
+import pytest
 
 from conftest import TINY_MODEL
 
 from tools.export_onnx import PARITY_TOLERANCE, main as export_main
 
 
-def test_onnx_matches_pytorch_with_a_dynamic_batch(golden_dir, tmp_path):
-    weights = os.path.join(golden_dir, "transoss_tiny", "transoss_tiny_official_format.pth")
-    out = str(tmp_path / "transoss.onnx")
-    diff = export_main(["--config_file", "configs/hoss/transoss.yml", "--weights", weights, "--out", out, *TINY_MODEL])
+@pytest.mark.parametrize("method,overrides", [("transoss", []), ("sdfnet", ["MODEL.SDF.STRUCT_LAYER", "1"])])
+def test_onnx_matches_pytorch_with_a_dynamic_batch(golden_dir, tmp_path, method, overrides):
+    weights = os.path.join(golden_dir, f"{method}_tiny", f"{method}_tiny_official_format.pth")
+    out = str(tmp_path / f"{method}.onnx")
+    diff = export_main(["--config_file", f"configs/hoss/{method}.yml", "--weights", weights, "--out", out,
+                        *TINY_MODEL, *overrides])
     assert diff <= PARITY_TOLERANCE
     session = onnxruntime.InferenceSession(out, providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["image", "modality", "size"]

@@ -187,8 +187,9 @@ SMALL = SyntheticSpec(seed=5, train_ids=8, test_ids=6, images_per_id=4, distract
                       pairs_per_folder=4)
 
 
-@pytest.mark.parametrize("data", ["synthetic", "real"])
-def test_one_epoch_sdfnet_fine_tune_then_test_py(data, hoss_root, tmp_path):
+@pytest.mark.parametrize("data,switches", [
+    ("synthetic", []), ("real", []), ("synthetic", ["MODEL.SDF.DFL", "linear", "MODEL.SDF.FUSION", "concat"])])
+def test_one_epoch_sdfnet_fine_tune_then_test_py(data, switches, hoss_root, tmp_path):
     if data == "synthetic":
         root = str(tmp_path / "synthetic")
         ensure_synthetic(root, SMALL)
@@ -196,15 +197,19 @@ def test_one_epoch_sdfnet_fine_tune_then_test_py(data, hoss_root, tmp_path):
         root = hoss_root
     out = tmp_path / "run"
     trainer = train_entry.main(["--config_file", "configs/hoss/sdfnet.yml", "DATASETS.ROOT_DIR", root,
-                                "OUTPUT_DIR", str(out), "SOLVER.MAX_EPOCHS", "1", *TINY_RUN])
+                                "OUTPUT_DIR", str(out), "SOLVER.MAX_EPOCHS", "1", *TINY_RUN, *switches])
     # every SDF-Net term took part in the last step (the PK batch of 2 identities x 4 images)
     assert set(trainer.last_losses) == {"id", "triplet", "orth", "struct", "total"}
     assert 0.0 < float(trainer.last_losses["orth"]) <= 1.0
-    assert (out / "model_final.pth").is_file() and (out / "model_final_official.pth").is_file()
+    linear = "linear" in switches
+    # the official code has no linear heads, so that model is exported in the shipreid layout only
+    assert (out / "model_final.pth").is_file() and (out / "model_final_official.pth").is_file() is not linear
     state = trainer.model.state_dict()
-    assert state["backbone.pos_embed"].shape[1] == 16 * 8 + 2 and "backbone.spec_tokens" in state
+    assert ("backbone.spec_tokens" in state) is not linear
+    assert state["backbone.pos_embed"].shape[1] == 16 * 8 + (1 if linear else 2)
+    weights = out / ("model_final.pth" if linear else "model_final_official.pth")
     results = test_entry.main(["--config_file", "configs/hoss/sdfnet.yml", "DATASETS.ROOT_DIR", root,
-                               "TEST.WEIGHT", str(out / "model_final_official.pth"),
-                               "OUTPUT_DIR", str(tmp_path / "test"), *TINY_RUN])
+                               "TEST.WEIGHT", str(weights), "OUTPUT_DIR", str(tmp_path / "test"), *TINY_RUN,
+                               *switches])
     for protocol in ("ALL", "O2S", "S2O"):
         assert 0.0 < results[protocol]["mAP"] <= 1.0
