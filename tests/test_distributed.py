@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 
 from conftest import REPO, TINY_MODEL
@@ -25,8 +26,12 @@ def run(script: str, args: list[str], nproc: int) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
 
-def test_two_process_training_matches_one_process(hoss_root, tmp_path):
-    base = ["--config_file", "configs/hoss/transoss.yml", "DATASETS.ROOT_DIR", hoss_root, *DETERMINISTIC_RUN]
+# SDF-Net's structure loss and MOS's CMAL pair images of one identity: they see the gathered global batch too
+@pytest.mark.parametrize("recipe,overrides", [("transoss", []), ("sdfnet", ["MODEL.SDF.STRUCT_LAYER", "1"]),
+                                              ("mos", [])])
+def test_two_process_training_matches_one_process(hoss_root, tmp_path, recipe, overrides):
+    base = ["--config_file", f"configs/hoss/{recipe}.yml", "DATASETS.ROOT_DIR", hoss_root, *DETERMINISTIC_RUN,
+            *overrides, "SOLVER.EVAL_PERIOD", "0"]
     for nproc in (1, 2):
         run("train.py", base + ["OUTPUT_DIR", str(tmp_path / f"np{nproc}")], nproc)
     one = torch.load(tmp_path / "np1" / "model_final.pth", weights_only=True)
@@ -34,7 +39,10 @@ def test_two_process_training_matches_one_process(hoss_root, tmp_path):
     assert one.keys() == two.keys()
     one_state = torch.load(tmp_path / "np1" / "checkpoints" / "epoch_0002.pth", weights_only=False)["model"]
     for key in one:
-        assert torch.allclose(one[key].float(), two[key].float(), atol=1e-5, rtol=0), key
+        # weights within 1e-5 (measured 3.4e-7); the BN running statistics average features in which those
+        # rounding differences are amplified by the blocks (measured 1.4e-5 for SDF-Net), so they get 5e-5
+        atol = 5e-5 if "running_" in key else 1e-5
+        assert torch.allclose(one[key].float(), two[key].float(), atol=atol, rtol=0), key
     assert torch.equal(one_state["neck.num_batches_tracked"], two["neck.num_batches_tracked"])
     with open(tmp_path / "np1" / "results.json") as f1, open(tmp_path / "np2" / "results.json") as f2:
         assert json.load(f1) == json.load(f2)  # evaluation sharded over two ranks, gathered on rank 0
