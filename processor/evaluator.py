@@ -10,16 +10,24 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from torch.utils.data import DataLoader
+
 from datasets import build_test_loader
 from datasets.hoss import Protocol
+from datasets.pseudo_sar import PseudoSarDataset, read_entry
 from datasets.radiometry import ChipDecoder
-from datasets.records import ChipRecord
+from datasets.records import OPTICAL, ChipRecord
 from datasets.screening import screen_records
+from datasets.ship_size import ShipSizeEncoder
+from datasets.transforms import build_test_transform
 from utils.device import move_batch
 from utils.distributed import gather_objects, is_main, rank, world_size
+from utils.errors import ShipReIDError
 from utils.metrics import DEFAULT_RANKS, evaluate_features, evaluate_ranking, squared_euclidean
 from utils.ranked_list import draw_ranked_lists
 from utils.reranking import re_ranking
+
+from .fusion import fuse_with_pseudo_sar
 
 logger = logging.getLogger("shipreid.eval")
 
@@ -50,17 +58,17 @@ class Evaluator:
                     self.records.append(record)
 
     @torch.no_grad()
-    def extract(self, model, device) -> torch.Tensor:
-        """Features of every unique test image (row order of self.records), float32 on the host.
+    def _embed(self, model, device, loader_for, num_rows: int, desc: str) -> torch.Tensor:
+        """Features of rows 0..num_rows-1, float32 on the host; `loader_for(rows)` loads those rows.
 
-        Under DDP each rank embeds every world-th image and all ranks receive the whole matrix.
+        Under DDP each rank embeds every world-th row and all ranks receive the whole matrix.
         """
         was_training = model.training
         model.eval()
-        rows = list(range(rank(), len(self.records), world_size()))
+        rows = list(range(rank(), num_rows, world_size()))
         feats = []
-        loader = build_test_loader(self.cfg, [self.records[i] for i in rows])
-        for batch in tqdm(loader, desc="embed", unit="batch", leave=False, dynamic_ncols=True, disable=not is_main()):
+        for batch in tqdm(loader_for(rows), desc=desc, unit="batch", leave=False, dynamic_ncols=True,
+                          disable=not is_main()):
             feats.append(model.embed(move_batch(batch, device), self.cfg.TEST.NECK_FEAT).float().cpu())
         model.train(was_training)
         local = torch.cat(feats) if feats else torch.empty(0, 0)
@@ -69,9 +77,48 @@ class Evaluator:
         merged = None
         for shard_rows, shard in gather_objects((rows, local)):
             if merged is None:
-                merged = torch.empty(len(self.records), shard.shape[1])
+                merged = torch.empty(num_rows, shard.shape[1])
             merged[shard_rows] = shard
         return merged
+
+    def extract(self, model, device) -> torch.Tensor:
+        """Features of every unique test image (row order of self.records), fused with their pseudo-SAR
+        chips' when TEST.FUSION.CACHE_DIR is set."""
+        feats = self._embed(model, device, lambda rows: build_test_loader(self.cfg, [self.records[i] for i in rows]),
+                            len(self.records), "embed")
+        if self.cfg.TEST.FUSION.CACHE_DIR:
+            feats = self.fuse(model, device, feats)
+        return feats
+
+    def fuse(self, model, device, feats: torch.Tensor) -> torch.Tensor:
+        """MOS CDGF: every optical test image's feature fused with its K cached pseudo-SAR chips' features.
+
+        The official code fuses the optical side(s) of each protocol (ALL: both, O2S: query, S2O: gallery);
+        every other side holds SAR images only, so fusing every optical image once is the same thing.
+        """
+        fusion = self.cfg.TEST.FUSION
+        if not self.cfg.TEST.FEAT_NORM:
+            raise ShipReIDError("TEST.FUSION needs TEST.FEAT_NORM True: fused features are L2-normalised")
+        optical = [i for i, record in enumerate(self.records) if record.modality == OPTICAL]
+        k = fusion.NUM_SAMPLES
+        entries = []
+        for i in optical:
+            paths, width, height = read_entry(fusion.CACHE_DIR, self.records[i], k)
+            entries += [(path, width, height) for path in paths]
+        dataset = PseudoSarDataset(entries, ShipSizeEncoder.from_config(self.cfg), build_test_transform(self.cfg),
+                                   source_modality=OPTICAL)
+
+        def loader_for(rows):
+            return DataLoader(torch.utils.data.Subset(dataset, rows), batch_size=self.cfg.TEST.IMS_PER_BATCH,
+                              shuffle=False, num_workers=self.cfg.DATALOADER.NUM_WORKERS)
+
+        pseudo = self._embed(model, device, loader_for, len(entries), "embed pseudo-SAR")
+        fused = feats.clone()
+        if optical:
+            fused[optical] = fuse_with_pseudo_sar(feats[optical], pseudo.view(len(optical), k, -1), fusion.TAU)
+        logger.info("fused %d optical test features with %d pseudo-SAR chips each (tau %g)", len(optical), k,
+                    fusion.TAU)
+        return fused
 
     def protocol_features(self, feats: torch.Tensor, protocol: Protocol):
         rows = [self.row[_image_key(r)] for r in protocol.query + protocol.gallery]
@@ -101,6 +148,7 @@ class Evaluator:
         return metrics
 
     def evaluate(self, model, device) -> tuple[dict, torch.Tensor]:
+        """Metrics of every protocol and the (fused, when configured) features."""
         feats = self.extract(model, device)
         return {p.name: self.score(feats, p) for p in self.protocols}, feats
 
