@@ -206,6 +206,42 @@ _C.TEST.FUSION.CACHE_DIR = ""
 _C.TEST.FUSION.TAU = 0.02
 _C.TEST.FUSION.NUM_SAMPLES = 5
 
+# ---------------------------------------------------------------------------------------------- BBDM
+# Brownian-bridge diffusion optical -> SAR in pixel space (MOS cross-modal synthesis; train_bbdm.py,
+# tools/generate_pseudo_sar.py). Images are INPUT.SIZE_TRAIN (H, W); SAR targets use INPUT.SAR_RADIOMETRY.
+_C.BBDM = CN()
+# Conditional UNet: base width, width multiplier per level (H and W must divide by 2 ** (levels - 1)),
+# residual blocks per level, levels (number of downsamplings) with self-attention, channels per attention
+# head, dropout. The defaults give about 29 M parameters.
+_C.BBDM.BASE_CHANNELS = 64
+_C.BBDM.CHANNEL_MULT = [1, 2, 4, 4]
+_C.BBDM.NUM_RES_BLOCKS = 2
+_C.BBDM.ATTENTION_LEVELS = [2]
+_C.BBDM.HEAD_CHANNELS = 64
+_C.BBDM.DROPOUT = 0.0
+# The bridge: T steps, m_t linear from M_MIN to M_MAX, variance 2 * MAX_VAR * (m_t - m_t^2); what the network
+# predicts ("grad" = m_t (y - x0) + sqrt(delta_t) noise, "noise", "ysubx") and its loss ("l1", "l2").
+_C.BBDM.NUM_TIMESTEPS = 1000
+_C.BBDM.M_MIN = 0.001
+_C.BBDM.M_MAX = 0.999
+_C.BBDM.MAX_VAR = 1.0
+_C.BBDM.OBJECTIVE = "grad"
+_C.BBDM.LOSS = "l1"
+# Exponential moving average of the weights (the weights that sample): decay, and the optimizer step before
+# which it simply copies the weights (HOSS is small: start early).
+_C.BBDM.EMA_DECAY = 0.995
+_C.BBDM.EMA_START = 2000
+# Training pairs: "optisar" (co-registered OptiSar_Pair, pretraining) or "hoss_train" (every same-identity
+# optical/SAR pair of the HOSS training split, fine-tuning). Test images are never used.
+_C.BBDM.PAIRS = "hoss_train"
+# A BBDM checkpoint to start from (fine-tuning after pretraining); empty = random initialisation.
+_C.BBDM.PRETRAIN_PATH = ""
+# Sampling: skip-step count (of NUM_TIMESTEPS) and eta (1 = BBDM's stochastic sampler, 0 = deterministic),
+# and the BBDM weights that tools/generate_pseudo_sar.py samples with.
+_C.BBDM.SAMPLE_STEPS = 200
+_C.BBDM.SAMPLE_ETA = 1.0
+_C.BBDM.WEIGHTS = ""
+
 # ---------------------------------------------------------------------------------------------- DIST
 _C.DIST = CN()
 # Seconds a collective may wait for the other ranks before the job fails (torchrun / process group).

@@ -15,7 +15,8 @@ from .defaults import get_cfg_defaults
 
 BASE_KEY = "_BASE_"
 # list keys whose length is free; every other list keeps the length of its default (sizes, strides, ...)
-VARIABLE_LENGTH_KEYS = ("DATASETS.PROTOCOLS", "LOSS.TERMS", "LOSS.WEIGHTS", "SOLVER.NO_DECAY_KEYS")
+VARIABLE_LENGTH_KEYS = ("DATASETS.PROTOCOLS", "LOSS.TERMS", "LOSS.WEIGHTS", "SOLVER.NO_DECAY_KEYS", "BBDM.CHANNEL_MULT",
+                        "BBDM.ATTENTION_LEVELS")
 
 
 class ConfigError(ShipReIDError):

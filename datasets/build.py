@@ -13,7 +13,7 @@ from .chip_dataset import ChipDataset
 from .hoss import HOSS
 from .radiometry import ChipDecoder
 from .records import ChipRecord, DatasetError, relabel
-from .pairs import PairDataset, ShuffledBatchSampler, collate_pairs, scan_pairs
+from .pairs import PairDataset, ShuffledBatchSampler, collate_pairs, identity_pairs, scan_pairs
 from .samplers import PKBatchSampler
 from .screening import screen_records
 from .ship_size import ShipSizeEncoder
@@ -80,11 +80,18 @@ def build_train_loader(cfg, records: list[ChipRecord], rank: int = 0, world_size
     return training_loader(cfg, dataset, sampler)
 
 
-def build_pair_loader(cfg, rank: int = 0, world_size: int = 1) -> DataLoader:
-    """Batches of SOLVER.IMS_PER_BATCH / 2 optical-SAR pairs (optical images first, then SAR)."""
+PAIR_SOURCES = ("optisar", "hoss_train")
+
+
+def build_pair_loader(cfg, rank: int = 0, world_size: int = 1, source: str = "optisar",
+                      same_augmentation: bool = False) -> DataLoader:
+    """Batches of SOLVER.IMS_PER_BATCH / 2 optical-SAR pairs (optical images first, then SAR), from
+    OptiSar_Pair ("optisar") or the same-identity pairs of the HOSS training split ("hoss_train")."""
     if cfg.SOLVER.IMS_PER_BATCH % 2:
         raise DatasetError(f"SOLVER.IMS_PER_BATCH ({cfg.SOLVER.IMS_PER_BATCH}) counts images of pairs; make it even")
-    pairs = scan_pairs(cfg.DATASETS.ROOT_DIR)
+    if source not in PAIR_SOURCES:
+        raise DatasetError(f"pair source must be one of {PAIR_SOURCES}, got {source!r}")
+    pairs = scan_pairs(cfg.DATASETS.ROOT_DIR) if source == "optisar" else identity_pairs(build_dataset(cfg).train)
     decoder = ChipDecoder.from_config(cfg)
     usable, cache = screen(cfg, [record for pair in pairs for record in pair], decoder)
     usable_paths = {r.path for r in usable}
@@ -92,4 +99,4 @@ def build_pair_loader(cfg, rank: int = 0, world_size: int = 1) -> DataLoader:
     chips = ChipDataset([], decoder, ShipSizeEncoder.from_config(cfg), build_train_transform(cfg), cache=cache)
     sampler = ShuffledBatchSampler(len(pairs), cfg.SOLVER.IMS_PER_BATCH // 2, seed=cfg.SEED, rank=rank,
                                    world_size=world_size)
-    return training_loader(cfg, PairDataset(pairs, chips), sampler, collate_fn=collate_pairs)
+    return training_loader(cfg, PairDataset(pairs, chips, same_augmentation), sampler, collate_fn=collate_pairs)

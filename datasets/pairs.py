@@ -55,12 +55,26 @@ def scan_pairs(root: str) -> list[tuple[ChipRecord, ChipRecord]]:
     return pairs
 
 
-class PairDataset(Dataset):
-    """Item = {"optical": chip item, "sar": chip item}; each side augmented independently."""
+def identity_pairs(records: list[ChipRecord]) -> list[tuple[ChipRecord, ChipRecord]]:
+    """Every (optical, SAR) pair of images of the same identity (e.g. the HOSS training split): these are
+    the same ship, not co-registered views."""
+    by_pid: dict[int, dict[int, list[ChipRecord]]] = defaultdict(lambda: defaultdict(list))
+    for record in records:
+        by_pid[record.pid][record.modality].append(record)
+    pairs = [(o, s) for pid in sorted(by_pid) for o in by_pid[pid][OPTICAL] for s in by_pid[pid][SAR]]
+    if not pairs:
+        raise DatasetError("no identity has both an optical and a SAR image, so there are no pairs")
+    return pairs
 
-    def __init__(self, pairs, chips: ChipDataset):
+
+class PairDataset(Dataset):
+    """Item = {"optical": chip item, "sar": chip item}; each side augmented independently, or both with the
+    same draw (`same_augmentation`: the same flip and crop, for translation models)."""
+
+    def __init__(self, pairs, chips: ChipDataset, same_augmentation: bool = False):
         """`chips` supplies decoding and transforms (its own record list is not used)."""
         self.pairs, self.chips = pairs, chips
+        self.same_augmentation = same_augmentation
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -68,7 +82,7 @@ class PairDataset(Dataset):
     def __getitem__(self, key):
         index, seed = key
         optical, sar = self.pairs[index]
-        items = [self.chips.item(record, np.random.default_rng((*seed, side)))
+        items = [self.chips.item(record, np.random.default_rng(seed if self.same_augmentation else (*seed, side)))
                  for side, record in ((0, optical), (1, sar))]
         items[0]["pid"] = items[1]["pid"] = index
         return {"optical": items[0], "sar": items[1]}

@@ -114,3 +114,14 @@ class ClasswiseAlignmentLoss(nn.Module):
     def forward(self, outputs: dict, batch: dict) -> torch.Tensor:
         feat, labels, modality = _gathered(self.gather, outputs["feat"], batch["label"], batch["modality"])
         return classwise_alignment_loss(feat, labels, modality, self.squared)
+
+
+@LOSS_TERMS.register("bridge")
+class BridgeLoss(nn.Module):
+    """BBDM training: the translator computes its objective's L1/L2 loss in its forward pass."""
+
+    def __init__(self, cfg):
+        super().__init__()
+
+    def forward(self, outputs: dict, batch: dict) -> torch.Tensor:
+        return outputs["bridge"]

@@ -65,5 +65,9 @@ def prepare_training(cfg, model, device, logger):
         model.backbone.compile()
     criterion = build_loss(cfg).to(device)
     optimizer = build_optimizer(cfg, model, criterion)
-    writer = SummaryWriter(os.path.join(cfg.OUTPUT_DIR, "tensorboard")) if is_main() else None
-    return model, criterion, optimizer, writer
+    return model, criterion, optimizer, setup_writer(cfg)
+
+
+def setup_writer(cfg):
+    """TensorBoard writer under OUTPUT_DIR on rank 0 (None on the other ranks)."""
+    return SummaryWriter(os.path.join(cfg.OUTPUT_DIR, "tensorboard")) if is_main() else None

@@ -70,3 +70,20 @@ def test_mos_recipe():
     composer = build_loss(cfg)
     assert composer.weights == {"id": 1.0, "triplet": 1.0, "cmal": 2.0}
     assert cfg.SOLVER.MAX_EPOCHS == 100 and cfg.LOSS.CMAL_SQUARED is False
+
+
+def test_one_epoch_mos_fine_tune_on_real_chips_then_test_py(hoss_root, tmp_path):
+    import test as test_entry
+    import train as train_entry
+    from conftest import TINY_MODEL
+    run = [*TINY_MODEL, "MODEL.DEVICE", "cpu", "DATALOADER.NUM_WORKERS", "0", "SOLVER.IMS_PER_BATCH", "8",
+           "SOLVER.AMP", "off", "SOLVER.LOG_PERIOD", "5", "MODEL.PRETRAIN_PATH", "", "DATASETS.ROOT_DIR", hoss_root]
+    out = tmp_path / "mos"
+    trainer = train_entry.main(["--config_file", "configs/hoss/mos.yml", "OUTPUT_DIR", str(out),
+                                "SOLVER.MAX_EPOCHS", "1", *run])
+    assert set(trainer.last_losses) == {"id", "triplet", "cmal", "total"}
+    total = sum(w * float(trainer.last_losses[t]) for t, w in zip(("id", "triplet", "cmal"), (1.0, 1.0, 2.0)))
+    assert float(trainer.last_losses["total"]) == pytest.approx(total, rel=1e-6)
+    results = test_entry.main(["--config_file", "configs/hoss/mos.yml", "TEST.WEIGHT", str(out / "model_final.pth"),
+                               "OUTPUT_DIR", str(tmp_path / "test"), *run])
+    assert all(0.0 < results[p]["mAP"] <= 1.0 for p in ("ALL", "O2S", "S2O"))

@@ -1,0 +1,170 @@
+"""The Brownian bridge between a SAR image x0 and its optical partner y (BBDM), with a skip-step sampler.
+
+Schedule (index t = 0 .. T-1 into float32 buffers, as BBDM does):
+    m_t     = linspace(m_min, m_max, T)[t]          (m[0] = m_min, m[T-1] = m_max)
+    delta_t = 2 * max_var * (m_t - m_t**2)           (0 at m = 0 and 1, largest, max_var / 2, at m = 1/2)
+    q(x_t | x0, y) = N((1 - m_t) x0 + m_t y, delta_t I)
+
+Index 0 is one step away from the data x0 and index T-1 one step away from the condition y: with the default
+m_max = 0.999, x_{T-1} = 0.001 x0 + 0.999 y + sqrt(0.002) noise. The sampler treats T-1 as the y endpoint and
+starts exactly at x = y there (as BBDM does), then walks down to index 0 and returns the network's x0 estimate.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from utils.errors import ShipReIDError
+
+OBJECTIVES = ("grad", "noise", "ysubx")
+LOSSES = ("l1", "l2")
+# Images live in [-1, 1]; the sampler clips its x0 estimates to this range.
+DATA_RANGE = (-1.0, 1.0)
+
+
+def _gaussian(shape: torch.Size, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Standard normal noise on `like`'s device; drawn on the generator's device so a CPU generator also
+    drives CUDA sampling reproducibly."""
+    device = generator.device if generator is not None else like.device
+    return torch.randn(shape, generator=generator, device=device, dtype=torch.float32).to(like.device)
+
+
+def _work_dtype(x: torch.Tensor) -> torch.dtype:
+    """Bridge arithmetic runs in float32 at least (float64 inputs stay float64), also under bf16 autocast."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+class BrownianBridge(nn.Module):
+    """The bridge schedule, training objective and sampler; holds no learnable parameters.
+
+    objective: what the network predicts from (x_t, t, y):
+        "grad"  : m_t (y - x0) + sqrt(delta_t) eps   (= x_t - x0; BBDM's default)
+        "noise" : eps
+        "ysubx" : y - x0
+    loss: "l1" (BBDM's default) or "l2", averaged over all elements.
+    """
+
+    def __init__(self, num_timesteps: int = 1000, m_min: float = 0.001, m_max: float = 0.999, max_var: float = 1.0,
+                 objective: str = "grad", loss: str = "l1"):
+        super().__init__()
+        if objective not in OBJECTIVES:
+            raise ShipReIDError(f"BBDM objective must be one of {OBJECTIVES}, got {objective!r}")
+        if loss not in LOSSES:
+            raise ShipReIDError(f"BBDM loss must be one of {LOSSES}, got {loss!r}")
+        if num_timesteps < 2:
+            raise ShipReIDError(f"num_timesteps must be at least 2, got {num_timesteps}")
+        if not 0.0 < m_min < m_max < 1.0:
+            raise ShipReIDError(f"need 0 < m_min < m_max < 1 so every delta_t is positive; got {m_min}, {m_max}")
+        if max_var <= 0:
+            raise ShipReIDError(f"max_var must be positive, got {max_var}")
+        self.num_timesteps, self.objective, self.loss_type = num_timesteps, objective, loss
+        self.m_min, self.m_max, self.max_var = m_min, m_max, max_var
+        m = torch.linspace(m_min, m_max, num_timesteps, dtype=torch.float64)
+        delta = 2.0 * max_var * (m - m ** 2)
+        # Derived from the constructor arguments, so not saved in checkpoints; float32 even if the module is cast.
+        self.register_buffer("m", m.float(), persistent=False)
+        self.register_buffer("delta", delta.float(), persistent=False)
+
+    def _apply(self, fn, recurse=True):
+        """Follow .to(device) but keep the exact float32 schedule when the module is cast (e.g. .bfloat16())."""
+        m, delta = self.m, self.delta
+        super()._apply(fn, recurse)
+        self.m, self.delta = m.to(self.m.device), delta.to(self.delta.device)
+        return self
+
+    def _coef(self, values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """values[t] shaped (B, 1, 1, ...) to broadcast against `like`, in the working dtype."""
+        picked = values.to(like.device)[t.to(like.device).long()]
+        return picked.to(_work_dtype(like)).reshape(-1, *([1] * (like.dim() - 1)))
+
+    def marginal(self, x0: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean (1 - m_t) x0 + m_t y and variance delta_t (broadcastable, per sample) of q(x_t | x0, y)."""
+        m_t, delta_t = self._coef(self.m, t, x0), self._coef(self.delta, t, x0)
+        return (1.0 - m_t) * x0 + m_t * y, delta_t
+
+    def q_sample(self, x0: torch.Tensor, y: torch.Tensor, t: torch.Tensor,
+                 noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw x_t ~ q(x_t | x0, y) with the given (or fresh) standard-normal noise; returns (x_t, target)."""
+        if noise is None:
+            noise = _gaussian(x0.shape, x0, None)
+        m_t, delta_t = self._coef(self.m, t, x0), self._coef(self.delta, t, x0)
+        scaled_noise = delta_t.sqrt() * noise
+        x_t = (1.0 - m_t) * x0 + m_t * y + scaled_noise
+        if self.objective == "grad":
+            target = m_t * (y - x0) + scaled_noise
+        elif self.objective == "noise":
+            target = noise.to(x_t.dtype)
+        else:
+            target = y - x0
+        return x_t, target
+
+    def predict_x0(self, x_t: torch.Tensor, y: torch.Tensor, t: torch.Tensor, model_out: torch.Tensor) -> torch.Tensor:
+        """Invert the objective: the x0 that, with this x_t and y, makes model_out the exact target."""
+        out = model_out.to(_work_dtype(x_t))
+        if self.objective == "grad":
+            return x_t - out
+        if self.objective == "ysubx":
+            return y - out
+        m_t, delta_t = self._coef(self.m, t, x_t), self._coef(self.delta, t, x_t)
+        return (x_t - m_t * y - delta_t.sqrt() * out) / (1.0 - m_t)
+
+    def training_loss(self, model: nn.Module, x0: torch.Tensor, y: torch.Tensor,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+        """The BBDM loss for one batch: t uniform over 0..T-1, x_t from q, |model(x_t, t, y) - target|."""
+        if x0.shape != y.shape:
+            raise ShipReIDError(f"x0 {tuple(x0.shape)} and y {tuple(y.shape)} must have the same shape (paired images)")
+        t_device = generator.device if generator is not None else x0.device
+        t = torch.randint(0, self.num_timesteps, (x0.shape[0],), generator=generator, device=t_device).to(x0.device)
+        x_t, target = self.q_sample(x0, y, t, _gaussian(x0.shape, x0, generator))
+        out = model(x_t, t, y).float()
+        target = target.float()
+        return F.l1_loss(out, target) if self.loss_type == "l1" else F.mse_loss(out, target)
+
+    def sample_timesteps(self, steps: int) -> list[int]:
+        """`steps` timesteps linearly spaced from T-1 down to 0 (one network evaluation each)."""
+        if not 1 <= steps <= self.num_timesteps:
+            raise ShipReIDError(f"sampling steps must be in 1..{self.num_timesteps} (num_timesteps), got {steps}")
+        if steps == 1:
+            return [self.num_timesteps - 1]
+        return torch.linspace(self.num_timesteps - 1, 0, steps, dtype=torch.float64).round().long().tolist()
+
+    @torch.no_grad()
+    def sample(self, model: nn.Module, y: torch.Tensor, steps: int = 200, eta: float = 1.0,
+               generator: torch.Generator | None = None, clip: bool = True) -> torch.Tensor:
+        """x0 samples for conditions y: start at x = y at t = T-1, then jump t -> s along `steps` timesteps.
+
+        With mu_k = (1 - m_k) x0_hat + m_k y the bridge mean at index k (x0_hat: the network's x0 estimate,
+        clipped to [-1, 1] when `clip`), each jump draws
+            x_s = mu_s + sqrt((delta_s - sigma^2) / delta_t) (x_t - mu_t) + sigma z,    z ~ N(0, I),
+            sigma^2 = eta^2 * delta_s * delta_{t|s} / delta_t,   delta_{t|s} = delta_t - a^2 delta_s,
+            a = (1 - m_t) / (1 - m_s).
+        Why: the bridge restricted to s < t is Markov with x_t = a x_s + (m_t - a m_s) y + N(0, delta_{t|s}),
+        so q(x_s | x_t, x0, y) is Gaussian with variance delta_s delta_{t|s} / delta_t and mean
+        mu_s + (a delta_s / delta_t)(x_t - mu_t), and a delta_s / delta_t = sqrt((delta_s - sigma^2) / delta_t)
+        at eta = 1. eta = 1 is this exact posterior (BBDM's stochastic sampler); eta = 0 is deterministic; any
+        eta keeps q(x_s | x0, y) as the marginal. The last step (t = 0) returns x0_hat itself.
+        """
+        timesteps = self.sample_timesteps(steps)
+        x = y.to(_work_dtype(y))
+        batch = y.shape[0]
+        x0_hat = x
+        for i, t_int in enumerate(timesteps):
+            t = torch.full((batch,), t_int, device=y.device, dtype=torch.long)
+            x0_hat = self.predict_x0(x, y, t, model(x, t, y))
+            if clip:
+                x0_hat = x0_hat.clamp(*DATA_RANGE)
+            if i == len(timesteps) - 1:
+                break
+            s = torch.full((batch,), timesteps[i + 1], device=y.device, dtype=torch.long)
+            m_t, m_s = self._coef(self.m, t, x), self._coef(self.m, s, x)
+            delta_t, delta_s = self._coef(self.delta, t, x), self._coef(self.delta, s, x)
+            a = (1.0 - m_t) / (1.0 - m_s)
+            delta_ts = (delta_t - a ** 2 * delta_s).clamp_min(0.0)
+            sigma2 = eta ** 2 * delta_s * delta_ts / delta_t
+            mu_t = (1.0 - m_t) * x0_hat + m_t * y
+            mu_s = (1.0 - m_s) * x0_hat + m_s * y
+            x = mu_s + ((delta_s - sigma2).clamp_min(0.0) / delta_t).sqrt() * (x - mu_t)
+            if eta > 0:
+                x = x + sigma2.sqrt() * _gaussian(x.shape, x, generator).to(x.dtype)
+        return x0_hat

@@ -1,0 +1,70 @@
+"""Brownian-bridge diffusion (BBDM) optical -> SAR, MOS's cross-modal synthesis, trained by the shared engine.
+
+  python train_bbdm.py --config_file configs/bbdm/pretrain.yml DATASETS.ROOT_DIR <dir with OptiSar_Pair/>
+  python train_bbdm.py --config_file configs/bbdm/hoss.yml DATASETS.ROOT_DIR <dir with HOSS/> \
+      BBDM.PRETRAIN_PATH logs/bbdm_pretrain/bbdm_final.pth
+Writes OUTPUT_DIR/bbdm_final.pth (the whole translator, EMA weights included), which
+tools/generate_pseudo_sar.py takes as BBDM.WEIGHTS.
+"""
+from __future__ import annotations
+
+import os
+
+
+from datasets import build_pair_loader
+from model.bbdm.translator import build_translator
+from model.weights import read_state_dict
+from processor.checkpoint import atomic_save
+from processor.engine import Trainer, unwrap, wrap_ddp
+from processor.hooks import CheckpointHook, Hook, ProgressHook
+from processor.setup import run_training, setup_writer
+from loss import build_loss
+from solver import CosineWarmupScheduler, build_optimizer
+from utils.cli import run_cli
+from utils.distributed import rank, world_size
+from utils.errors import ShipReIDError
+
+
+class EMAHook(Hook):
+    def after_step(self, trainer):
+        if trainer.iteration % trainer.cfg.SOLVER.ACCUM_STEPS == 0 or trainer.iteration == trainer.batches_in_epoch():
+            unwrap(trainer.model).update_ema(trainer.global_step)
+
+
+def export_translator(model, output_dir: str) -> str:
+    path = os.path.join(output_dir, "bbdm_final.pth")
+    atomic_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)
+    return path
+
+
+def build_bbdm_trainer(cfg, device, logger) -> Trainer:
+    if list(cfg.LOSS.TERMS) != ["bridge"]:
+        raise ShipReIDError(f"train_bbdm.py trains with LOSS.TERMS ['bridge'], got {list(cfg.LOSS.TERMS)}; "
+                            "use a configs/bbdm/ recipe")
+    loader = build_pair_loader(cfg, rank(), world_size(), source=cfg.BBDM.PAIRS, same_augmentation=True)
+    logger.info("%d optical-SAR pairs (%s), %d pairs per batch", len(loader.dataset), cfg.BBDM.PAIRS,
+                cfg.SOLVER.IMS_PER_BATCH // 2)
+    model = build_translator(cfg)
+    logger.info("BBDM UNet: %.2f M parameters", sum(p.numel() for p in model.unet.parameters()) / 1e6)
+    if cfg.BBDM.PRETRAIN_PATH:
+        state = read_state_dict(cfg.BBDM.PRETRAIN_PATH)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as err:
+            raise ShipReIDError(f"{cfg.BBDM.PRETRAIN_PATH} does not fit the BBDM.* sizes of this config: {err}") from None
+    model.to(device)
+    criterion = build_loss(cfg).to(device)
+    optimizer = build_optimizer(cfg, model, criterion)
+    writer = setup_writer(cfg)
+    export = CheckpointHook(cfg.SOLVER.CHECKPOINT_PERIOD, cfg.OUTPUT_DIR,
+                            final_exports=[lambda t: [export_translator(unwrap(t.model), cfg.OUTPUT_DIR)]])
+    return Trainer(cfg, wrap_ddp(model, device), criterion, optimizer, CosineWarmupScheduler(optimizer, cfg),
+                   loader, device, [ProgressHook(cfg.SOLVER.LOG_PERIOD, writer), EMAHook(), export])
+
+
+def main(argv=None):
+    return run_training(argv, __doc__.split("\n")[0], "train_bbdm.log", build_bbdm_trainer)
+
+
+if __name__ == "__main__":
+    run_cli(main)
