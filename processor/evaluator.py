@@ -191,8 +191,8 @@ def format_results(results: dict) -> str:
     return "\n".join(lines)
 
 
-def write_results(results: dict, output_dir: str) -> str:
-    path = os.path.join(output_dir, "results.json")
+def write_results(results: dict, output_dir: str, name: str = "results.json") -> str:
+    path = os.path.join(output_dir, name)
     with open(path, "w") as f:
         json.dump(results, f, indent=2)
     return path

@@ -85,7 +85,7 @@ class EvalHook(Hook):
         key = next(iter(results))
         best = trainer.extra_state.get("best_mAP", -1.0)
         if results[key]["mAP"] > best:
-            trainer.extra_state.update(best_mAP=results[key]["mAP"], best_epoch=epoch)
+            trainer.extra_state.update(best_mAP=results[key]["mAP"], best_epoch=epoch, best_results=results)
             export_weights(unwrap(trainer.model), self.output_dir, "model_best")
         self.results = results
         return results
@@ -96,6 +96,12 @@ class EvalHook(Hook):
             self._evaluate(trainer, trainer.epoch)
             if last and is_main():
                 write_results(self.results, self.output_dir)
+                # the papers report the best test-set epoch (checkpoint selection on the test set): both are kept
+                best_epoch = trainer.extra_state["best_epoch"]
+                write_results({"epoch": best_epoch, **trainer.extra_state["best_results"]}, self.output_dir,
+                              "results_best.json")
+                logger.info("last epoch in results.json; best %s mAP at epoch %d (selected on the test set) in "
+                            "results_best.json / model_best.pth", next(iter(self.results)), best_epoch)
 
 
 class CheckpointHook(Hook):

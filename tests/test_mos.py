@@ -1,6 +1,7 @@
 """MOS: class-wise modality alignment (CMAL) on constructed cases, and its place in the recipe."""
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -72,7 +73,7 @@ def test_mos_recipe():
     assert cfg.SOLVER.MAX_EPOCHS == 100 and cfg.LOSS.CMAL_SQUARED is False
 
 
-def test_one_epoch_mos_fine_tune_on_real_chips_then_test_py(hoss_root, tmp_path):
+def test_mos_fine_tune_on_real_chips_keeps_last_and_best_epoch_then_test_py(hoss_root, tmp_path):
     import test as test_entry
     import train as train_entry
     from conftest import TINY_MODEL
@@ -80,8 +81,15 @@ def test_one_epoch_mos_fine_tune_on_real_chips_then_test_py(hoss_root, tmp_path)
            "SOLVER.AMP", "off", "SOLVER.LOG_PERIOD", "5", "MODEL.PRETRAIN_PATH", "", "DATASETS.ROOT_DIR", hoss_root]
     out = tmp_path / "mos"
     trainer = train_entry.main(["--config_file", "configs/hoss/mos.yml", "OUTPUT_DIR", str(out),
-                                "SOLVER.MAX_EPOCHS", "1", *run])
+                                "SOLVER.MAX_EPOCHS", "2", *run])
     assert set(trainer.last_losses) == {"id", "triplet", "cmal", "total"}
+    # the recipe evaluates every epoch: results.json is the last epoch, results_best.json the best on test
+    with open(out / "results.json") as f_last, open(out / "results_best.json") as f_best:
+        last, best = json.load(f_last), json.load(f_best)
+    assert best["epoch"] in (1, 2) and best["ALL"]["mAP"] >= last["ALL"]["mAP"]
+    if best["epoch"] == 2:
+        assert best["ALL"] == last["ALL"]
+    assert (out / "model_best.pth").is_file()
     total = sum(w * float(trainer.last_losses[t]) for t, w in zip(("id", "triplet", "cmal"), (1.0, 1.0, 2.0)))
     assert float(trainer.last_losses["total"]) == pytest.approx(total, rel=1e-6)
     results = test_entry.main(["--config_file", "configs/hoss/mos.yml", "TEST.WEIGHT", str(out / "model_final.pth"),
