@@ -97,9 +97,10 @@ class EvalHook(Hook):
             if last and is_main():
                 write_results(self.results, self.output_dir)
                 # the papers report the best test-set epoch (checkpoint selection on the test set): both are kept
-                best_epoch = trainer.extra_state["best_epoch"]
-                write_results({"epoch": best_epoch, **trainer.extra_state["best_results"]}, self.output_dir,
-                              "results_best.json")
+                best_epoch, best = trainer.extra_state["best_epoch"], trainer.extra_state.get("best_results")
+                if best is None:  # resumed from a checkpoint that predates results_best.json
+                    return
+                write_results({"epoch": best_epoch, **best}, self.output_dir, "results_best.json")
                 logger.info("last epoch in results.json; best %s mAP at epoch %d (selected on the test set) in "
                             "results_best.json / model_best.pth", next(iter(self.results)), best_epoch)
 
