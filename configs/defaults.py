@@ -212,7 +212,7 @@ _C.TEST.FUSION.NUM_SAMPLES = 5
 _C.BBDM = CN()
 # Conditional UNet: base width, width multiplier per level (H and W must divide by 2 ** (levels - 1)),
 # residual blocks per level, levels (number of downsamplings) with self-attention, channels per attention
-# head, dropout. The defaults give about 29 M parameters.
+# head, dropout. The defaults give 25.3 M parameters and 161 GFLOPs per 256 x 128 forward pass.
 _C.BBDM.BASE_CHANNELS = 64
 _C.BBDM.CHANNEL_MULT = [1, 2, 4, 4]
 _C.BBDM.NUM_RES_BLOCKS = 2
