@@ -212,3 +212,18 @@ def test_one_epoch_sdfnet_fine_tune_then_test_py(data, switches, hoss_root, tmp_
                                *switches])
     for protocol in ("ALL", "O2S", "S2O"):
         assert 0.0 < results[protocol]["mAP"] <= 1.0
+
+
+@pytest.mark.parametrize("method,config", [("sdfnet", "configs/hoss/sdfnet.yml"), ("mos", "configs/hoss/mos.yml")])
+def test_full_size_model_has_the_official_key_layout(golden_dir, method, config):
+    """ViT-B/16 built from the recipe, written back in the official layout: exactly the official key list
+    (names, shapes, dtypes), less the keys the official model carries dead (ImageNet head, temperature and,
+    for SDF-Net, the unused plain neck)."""
+    from test_weights import parse_key_list
+    official = parse_key_list(os.path.join(golden_dir, f"official_keys_{method}_vitb.txt"))
+    model = build_model(load_config(config), num_classes=21)
+    ours = {k: (list(v.shape), str(v.dtype).replace("torch.", "")) for k, v in to_official(model.state_dict()).items()}
+    dead = {"base.fc.weight", "base.fc.bias", "logit_scale"}
+    if method == "sdfnet":
+        dead |= {k for k in official if k.startswith("bottleneck.")}
+    assert ours == {k: tuple(v) for k, v in official.items() if k not in dead}
