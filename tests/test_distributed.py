@@ -19,10 +19,11 @@ DETERMINISTIC_RUN = [*TINY_MODEL, "MODEL.DEVICE", "cpu", "DATALOADER.NUM_WORKERS
                      "SOLVER.CHECKPOINT_PERIOD", "0", "SOLVER.EVAL_PERIOD", "0", "SOLVER.MAX_EPOCHS", "2"]
 
 
-def run(script: str, args: list[str], nproc: int) -> None:
+def run(script: str, args: list[str], nproc: int, threads: int | None = None) -> None:
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] \
         if nproc > 1 else [sys.executable]
-    done = subprocess.run(launcher + [script] + args, cwd=REPO, capture_output=True, text=True, timeout=300)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if threads else None
+    done = subprocess.run(launcher + [script] + args, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
 
@@ -88,7 +89,8 @@ def test_bbdm_training_and_sharded_generation_under_torchrun(hoss_root, tmp_path
         caches[nproc] = tmp_path / f"cache{nproc}"
         run("tools/generate_pseudo_sar.py", common + ["DATASETS.PROTOCOLS", "[O2S]", "BBDM.WEIGHTS", str(weights),
                                                       "TEST.FUSION.CACHE_DIR", str(caches[nproc]),
-                                                      "OUTPUT_DIR", str(tmp_path / f"gen{nproc}")], nproc)
+                                                      "OUTPUT_DIR", str(tmp_path / f"gen{nproc}")], nproc,
+            threads=1)  # torchrun runs one thread per process: the same for one process, so the same arithmetic
     files = sorted(str(p.relative_to(caches[1])) for p in caches[1].rglob("*.png"))
     assert files and files == sorted(str(p.relative_to(caches[2])) for p in caches[2].rglob("*.png"))
     for name in files:
