@@ -82,6 +82,13 @@ def test_bbdm_training_resume_generation_and_fused_evaluation(hoss_root, tmp_pat
     with open(cache / entries[0] / "source.json") as f:
         assert json.load(f)["num_samples"] == 2
     assert generate_pseudo_sar.main(gen)["generated"] == 0          # complete entries are kept
+    # each chip has its own generator: one chip per batch gives the same bytes as the default batches
+    single = tmp_path / "cache_single"
+    generate_pseudo_sar.main([*gen[:-4], "TEST.FUSION.CACHE_DIR", str(single), "OUTPUT_DIR", str(tmp_path / "gen1"),
+                              "--chips-per-batch", "1"])
+    pngs = sorted(p.relative_to(cache) for p in cache.rglob("*.png"))
+    assert pngs == sorted(p.relative_to(single) for p in single.rglob("*.png"))
+    assert all((cache / p).read_bytes() == (single / p).read_bytes() for p in pngs)
 
     reid = [*TINY_MODEL, "MODEL.DEVICE", "cpu", "DATALOADER.NUM_WORKERS", "0", "SOLVER.IMS_PER_BATCH", "8",
             "SOLVER.AMP", "off", "MODEL.PRETRAIN_PATH", "", "DATASETS.ROOT_DIR", hoss_root]

@@ -61,7 +61,10 @@ def load_translator(cfg, device):
 
 
 def main(argv=None) -> dict:
-    args = parse_args(add_config_args(argparse.ArgumentParser(description=__doc__.split("\n")[0])), argv)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--chips-per-batch", type=int, default=8,
+                        help="optical chips sampled together (each with its K samples); results do not depend on it")
+    args = parse_args(add_config_args(parser), argv)
     cfg, logger, device = setup_run(args, "generate_pseudo_sar.log")
     cache_dir, k = cfg.TEST.FUSION.CACHE_DIR, cfg.TEST.FUSION.NUM_SAMPLES
     if not cache_dir:
@@ -78,12 +81,21 @@ def main(argv=None) -> dict:
                 len(todo), k, cfg.BBDM.SAMPLE_STEPS)
     decoder, resize = ChipDecoder.from_config(cfg), ResizeToTensor(cfg.INPUT.SIZE_TRAIN)
     start = time.time()
-    for record in tqdm(todo, desc="generate", unit="chip", disable=not is_main(), dynamic_ncols=True):
-        pixels, (width, height) = decoder(record.path, record.modality)
-        optical = resize(pixels).unsqueeze(0).expand(k, -1, -1, -1).to(device)
-        generator = torch.Generator(device=device).manual_seed(source_seed(cfg.SEED, record.name))
-        samples = translator.translate(optical, cfg.BBDM.SAMPLE_STEPS, cfg.BBDM.SAMPLE_ETA, generator)
-        write_entry(cache_dir, record, to_uint8_grey(samples).cpu().numpy(), width, height)
+    bar = tqdm(total=len(todo), desc="generate", unit="chip", disable=not is_main(), dynamic_ncols=True)
+    for first in range(0, len(todo), args.chips_per_batch):
+        chunk = todo[first:first + args.chips_per_batch]
+        decoded = [decoder(record.path, record.modality) for record in chunk]
+        optical = torch.cat([resize(pixels).unsqueeze(0).expand(k, -1, -1, -1) for pixels, _ in decoded]).to(device)
+        # one generator per chip, shared by its K rows: a chip's samples do not depend on its batch neighbours
+        generators = [torch.Generator(device=device).manual_seed(source_seed(cfg.SEED, record.name))
+                      for record in chunk]
+        samples = translator.translate(optical, cfg.BBDM.SAMPLE_STEPS, cfg.BBDM.SAMPLE_ETA,
+                                       [g for g in generators for _ in range(k)])
+        grey = to_uint8_grey(samples).cpu().numpy()
+        for index, (record, (_, (width, height))) in enumerate(zip(chunk, decoded)):
+            write_entry(cache_dir, record, grey[index * k:(index + 1) * k], width, height)
+        bar.update(len(chunk))
+    bar.close()
     seconds = time.time() - start
     barrier()
     summary = {"sources": len(sources), "generated": len(todo), "seconds": seconds,

@@ -23,9 +23,17 @@ LOSSES = ("l1", "l2")
 DATA_RANGE = (-1.0, 1.0)
 
 
-def _gaussian(shape: torch.Size, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Standard normal noise on `like`'s device; drawn on the generator's device so a CPU generator also
-    drives CUDA sampling reproducibly."""
+Generators = torch.Generator | list[torch.Generator] | None
+
+
+def _gaussian(shape: torch.Size, like: torch.Tensor, generator: Generators) -> torch.Tensor:
+    """Standard normal noise on `like`'s device, drawn on the generator's device so a CPU generator also
+    drives CUDA sampling reproducibly. A list holds one generator per sample (row), drawn in row order, so a
+    sample's noise does not depend on the other rows of the batch."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
+        return torch.stack([_gaussian(shape[1:], like, g) for g in generator])
     device = generator.device if generator is not None else like.device
     return torch.randn(shape, generator=generator, device=device, dtype=torch.float32).to(like.device)
 
@@ -131,7 +139,7 @@ class BrownianBridge(nn.Module):
 
     @torch.no_grad()
     def sample(self, model: nn.Module, y: torch.Tensor, steps: int = 200, eta: float = 1.0,
-               generator: torch.Generator | None = None, clip: bool = True) -> torch.Tensor:
+               generator: Generators = None, clip: bool = True) -> torch.Tensor:
         """x0 samples for conditions y: start at x = y at t = T-1, then jump t -> s along `steps` timesteps.
 
         With mu_k = (1 - m_k) x0_hat + m_k y the bridge mean at index k (x0_hat: the network's x0 estimate,
