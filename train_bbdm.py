@@ -12,8 +12,7 @@ import os
 
 
 from datasets import build_pair_loader
-from model.bbdm.translator import build_translator
-from model.weights import read_state_dict
+from model.bbdm.translator import build_translator, load_translator_weights
 from processor.checkpoint import atomic_save
 from processor.engine import Trainer, unwrap, wrap_ddp
 from processor.hooks import CheckpointHook, Hook, ProgressHook
@@ -27,7 +26,7 @@ from utils.errors import ShipReIDError
 
 class EMAHook(Hook):
     def after_step(self, trainer):
-        if trainer.iteration % trainer.cfg.SOLVER.ACCUM_STEPS == 0 or trainer.iteration == trainer.batches_in_epoch():
+        if not trainer.step_wrapper.pending:  # the optimizer stepped on this batch
             unwrap(trainer.model).update_ema(trainer.global_step)
 
 
@@ -47,11 +46,7 @@ def build_bbdm_trainer(cfg, device, logger) -> Trainer:
     model = build_translator(cfg)
     logger.info("BBDM UNet: %.2f M parameters", sum(p.numel() for p in model.unet.parameters()) / 1e6)
     if cfg.BBDM.PRETRAIN_PATH:
-        state = read_state_dict(cfg.BBDM.PRETRAIN_PATH)
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as err:
-            raise ShipReIDError(f"{cfg.BBDM.PRETRAIN_PATH} does not fit the BBDM.* sizes of this config: {err}") from None
+        load_translator_weights(model, cfg.BBDM.PRETRAIN_PATH)
     model.to(device)
     criterion = build_loss(cfg).to(device)
     optimizer = build_optimizer(cfg, model, criterion)

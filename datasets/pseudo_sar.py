@@ -44,8 +44,8 @@ def entry_dir(cache_dir: str, record: ChipRecord) -> str:
     return os.path.join(cache_dir, os.path.splitext(record.name)[0])
 
 
-def sample_path(cache_dir: str, record: ChipRecord, k: int) -> str:
-    return os.path.join(entry_dir(cache_dir, record), f"{k}.png")
+def sample_name(k: int) -> str:
+    return f"{k}.png"
 
 
 def check_generator(cache_dir: str, fingerprint: dict) -> None:
@@ -75,7 +75,7 @@ def write_entry(cache_dir: str, record: ChipRecord, samples: np.ndarray, width: 
     shutil.rmtree(partial, ignore_errors=True)
     os.makedirs(partial)
     for k, sample in enumerate(samples):
-        Image.fromarray(np.repeat(sample[..., None], 3, axis=2)).save(os.path.join(partial, f"{k}.png"))
+        Image.fromarray(np.repeat(sample[..., None], 3, axis=2)).save(os.path.join(partial, sample_name(k)))
     with open(os.path.join(partial, SOURCE_FILE), "w") as f:
         json.dump({"name": record.name, "sha1": file_sha1(record.path), "width": width, "height": height,
                    "num_samples": len(samples)}, f, indent=1)
@@ -99,7 +99,7 @@ def read_entry(cache_dir: str, record: ChipRecord, num_samples: int) -> tuple[li
     if meta["num_samples"] < num_samples:
         raise PseudoSarCacheError(f"{folder} holds {meta['num_samples']} samples, TEST.FUSION.NUM_SAMPLES asks "
                                   f"for {num_samples}; lower it or regenerate")
-    return [os.path.join(folder, f"{k}.png") for k in range(num_samples)], meta["width"], meta["height"]
+    return [os.path.join(folder, sample_name(k)) for k in range(num_samples)], meta["width"], meta["height"]
 
 
 class PseudoSarDataset(Dataset):

@@ -32,7 +32,7 @@ def classwise_alignment_loss(feat: torch.Tensor, labels: torch.Tensor, modality:
     stats = paired_modality_stats(F.normalize(feat.float(), dim=1), labels, modality)
     if stats.count == 0:
         return feat.sum() * 0
-    mean_diff, var_diff = stats.optical_mean - stats.sar_mean, stats.sar_var - stats.optical_var
+    mean_diff, var_diff = stats.optical_mean - stats.sar_mean, stats.optical_var - stats.sar_var
     if squared:
         return mean_diff.pow(2).sum(1).mean() + var_diff.pow(2).sum(1).mean()
     # vector_norm has a zero subgradient at 0 (sqrt would give NaN): two single images have equal variance 0

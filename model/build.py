@@ -1,21 +1,13 @@
 """Model registry and `build_model(cfg, num_classes)`."""
 from __future__ import annotations
 
-from utils.errors import ShipReIDError
 from utils.registry import Registry
 
-from .disentangle import DFL_MODES, ClassTokenHead, DisentangledHead
+from .disentangle import ClassTokenHead, DisentangledHead
 from .reid_model import ReIDModel
 from .transoss import TransOSSBackbone
 
 BACKBONES = Registry("backbone")
-
-
-def dfl_mode(cfg) -> str:
-    mode = cfg.MODEL.SDF.DFL
-    if mode not in DFL_MODES:
-        raise ShipReIDError(f"MODEL.SDF.DFL must be one of {DFL_MODES}, got {mode!r}")
-    return mode
 
 
 @BACKBONES.register("transoss")
@@ -25,23 +17,19 @@ def build_transoss_backbone(cfg) -> TransOSSBackbone:
         img_size=cfg.INPUT.SIZE_TRAIN, patch_size=m.PATCH_SIZE, stride=m.STRIDE_SIZE, embed_dim=m.EMBED_DIM,
         depth=m.DEPTH, num_heads=m.NUM_HEADS, mlp_ratio=m.MLP_RATIO, drop_path=m.DROP_PATH,
         drop_out=m.DROP_OUT, attn_drop=m.ATT_DROP_RATE, dual_patch_embed=m.DUAL_PATCH_EMBED, mie=m.MIE,
-        mie_coe=m.MIE_COE, sse=m.SSE, spec_token=dfl_mode(cfg) == "tokens")
+        mie_coe=m.MIE_COE, sse=m.SSE, spec_token=cfg.MODEL.SDF.DFL == "tokens")
 
 
 def build_head(cfg):
-    """TransOSS's class token, or SDF-Net's disentangled shared/specific features (MODEL.SDF.DFL)."""
-    mode = dfl_mode(cfg)
-    if mode == "off":
+    """TransOSS's class token, or SDF-Net's disentangled shared/specific features (MODEL.SDF.DFL; the head
+    refuses an unknown mode)."""
+    if cfg.MODEL.SDF.DFL == "off":
         return ClassTokenHead(cfg.MODEL.EMBED_DIM)
-    return DisentangledHead(cfg.MODEL.EMBED_DIM, mode, cfg.MODEL.SDF.FUSION)
+    return DisentangledHead(cfg.MODEL.EMBED_DIM, cfg.MODEL.SDF.DFL, cfg.MODEL.SDF.FUSION)
 
 
 def build_model(cfg, num_classes: int = 0) -> ReIDModel:
     """The ReID model; `num_classes` > 0 adds the identity classifier (training only)."""
-    layer = cfg.MODEL.SDF.STRUCT_LAYER
-    if not 0 <= layer <= cfg.MODEL.DEPTH:
-        raise ShipReIDError(f"MODEL.SDF.STRUCT_LAYER {layer} must be between 0 (off) and MODEL.DEPTH "
-                            f"{cfg.MODEL.DEPTH}")
     backbone = BACKBONES.get(cfg.MODEL.NAME, "MODEL.NAME")(cfg)
     return ReIDModel(backbone, build_head(cfg), num_classes, cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD,
-                     sync_bn=cfg.MODEL.SYNC_BN, struct_layer=layer)
+                     sync_bn=cfg.MODEL.SYNC_BN, struct_layer=cfg.MODEL.SDF.STRUCT_LAYER)

@@ -68,6 +68,9 @@ class ReIDModel(nn.Module):
         self.normalizer = PixelNormalizer(pixel_mean, pixel_std)
         self.backbone = backbone
         self.head = head
+        if not 0 <= struct_layer <= len(backbone.blocks):
+            raise ShipReIDError(f"MODEL.SDF.STRUCT_LAYER {struct_layer} must be between 0 (off) and MODEL.DEPTH "
+                                f"{len(backbone.blocks)}")
         self.struct_layer = struct_layer
         self.neck = BNNeck(head.out_dim, sync=sync_bn)
         self.classifier = None

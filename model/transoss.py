@@ -13,8 +13,6 @@ from torch import nn
 from timm.layers import trunc_normal_
 from timm.models.vision_transformer import VisionTransformer
 
-from utils.errors import ShipReIDError
-
 from .embeddings import NUM_MODALITIES, DualPatchEmbed, SizeEmbed
 
 
@@ -77,11 +75,9 @@ class TransOSSBackbone(VisionTransformer):
                          ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """(all output tokens after the final norm, patch map after block `tap_block` or None).
 
-        `tap_block` counts blocks from 1 and is read before the final norm; 0 taps nothing.
+        `tap_block` (0..depth, checked where the model is built) counts blocks from 1 and is read before the
+        final norm; 0 taps nothing.
         """
-        if not 0 <= tap_block <= len(self.blocks):
-            raise ShipReIDError(f"structure tap after block {tap_block}, but the backbone has {len(self.blocks)} "
-                                "blocks; set MODEL.SDF.STRUCT_LAYER between 1 and MODEL.DEPTH (0 = off)")
         x = self.embed_tokens(images, modality, size)
         tapped = None
         for index, block in enumerate(self.blocks, start=1):

@@ -42,6 +42,26 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def timed(fn, warmup: int, steps: int, device: torch.device) -> float:
+    """Seconds per call of `fn` over `steps` calls after `warmup` untimed ones (device synchronised)."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    synchronize(device)
+    return (time.perf_counter() - start) / steps
+
+
+def report(figures, json_path: str = "") -> None:
+    """Print the figures as JSON and, with `json_path`, write them there too."""
+    print(json.dumps(figures, indent=2))
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(figures, f, indent=2)
+
+
 def exact_reference(query, gallery, q_pids, g_pids) -> dict:
     """Plain per-query computation: full stable sort of each gallery row (the textbook definition),
     on the same float32 distances."""
@@ -146,14 +166,7 @@ def bench_train(args, cfg, device, fused: bool) -> dict:
             epoch += 1
 
     stream = batches()
-    for _ in range(args.warmup):
-        trainer.run_step(next(stream), boundary=True)
-    synchronize(device)
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        trainer.run_step(next(stream), boundary=True)
-    synchronize(device)
-    seconds = (time.perf_counter() - start) / args.steps
+    seconds = timed(lambda: trainer.run_step(next(stream), boundary=True), args.warmup, args.steps, device)
     figures = {"mode": "train", "fused_attention": fused, "image_cache": cfg.DATALOADER.CACHE_IMAGES,
                "real_data": args.data, "batch": args.batch, "step_seconds": seconds,
                "images_per_second": args.batch / seconds, "peak_memory_gib": peak_memory_gib(device)}
@@ -178,16 +191,12 @@ def bench_infer(args, cfg, device) -> dict:
     from processor.optim_step import autocast_context
     model = build_model(cfg).to(device).eval()
     batch = model_batch(cfg, args.batch, device, with_labels=False)
-    for _ in range(args.warmup):
+
+    def embed():
         with autocast_context(cfg.SOLVER.AMP, device):
             model.embed(batch)
-    synchronize(device)
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        with autocast_context(cfg.SOLVER.AMP, device):
-            model.embed(batch)
-    synchronize(device)
-    seconds = (time.perf_counter() - start) / args.steps
+
+    seconds = timed(embed, args.warmup, args.steps, device)
     figures = {"mode": "infer", "batch": args.batch, "batch_seconds": seconds, "images_per_second": args.batch / seconds,
                "peak_memory_gib": peak_memory_gib(device)}
     if device.type == "cuda":

@@ -9,10 +9,8 @@ BBDM.SAMPLE_STEPS steps. On a GPU, train also prints FLOPs and MFU (see tools/be
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import time
 
 import torch
 
@@ -21,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import add_config_args, load_config, parse_args  # noqa: E402
 from model.bbdm.translator import build_translator  # noqa: E402
 from processor.optim_step import autocast_context  # noqa: E402
-from tools.benchmark import mfu_figures, peak_memory_gib, synchronize  # noqa: E402
+from tools.benchmark import forward_flops, mfu_figures, peak_memory_gib, report, timed  # noqa: E402
 from utils.device import resolve_device  # noqa: E402
 
 
@@ -30,17 +28,6 @@ def random_pairs(cfg, pairs: int, device) -> dict:
     height, width = cfg.INPUT.SIZE_TRAIN
     images = torch.randint(0, 256, (2 * pairs, 3, height, width), dtype=torch.uint8, generator=gen)
     return {"image": images.to(device)}
-
-
-def timed(fn, warmup: int, steps: int, device) -> float:
-    for _ in range(warmup):
-        fn()
-    synchronize(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        fn()
-    synchronize(device)
-    return (time.perf_counter() - start) / steps
 
 
 def bench_train(args, cfg, device) -> dict:
@@ -61,10 +48,8 @@ def bench_train(args, cfg, device) -> dict:
                "unet_parameters_m": sum(p.numel() for p in model.unet.parameters()) / 1e6,
                "peak_memory_gib": peak_memory_gib(device)}
     if device.type == "cuda":
-        from torch.utils.flop_counter import FlopCounterMode
-        with FlopCounterMode(display=False) as counter, torch.no_grad():
-            model(batch)
-        figures.update(mfu_figures(3 * float(counter.get_total_flops()), seconds, device, args.peak_tflops))
+        flops = 3 * forward_flops(model, batch)  # forward + backward (2x forward)
+        figures.update(mfu_figures(flops, seconds, device, args.peak_tflops))
     return figures
 
 
@@ -96,10 +81,7 @@ def main(argv=None) -> dict:
     cfg = load_config(args.config_file or None, args.opts)
     device = resolve_device(cfg.MODEL.DEVICE)
     figures = bench_train(args, cfg, device) if args.mode == "train" else bench_sample(args, cfg, device)
-    print(json.dumps(figures, indent=2))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(figures, f, indent=2)
+    report(figures, args.json)
     return figures
 
 

@@ -27,12 +27,10 @@ from datasets.pseudo_sar import check_generator, file_sha1, has_entry, write_ent
 from datasets.radiometry import ChipDecoder  # noqa: E402
 from datasets.records import OPTICAL  # noqa: E402
 from datasets.transforms import ResizeToTensor  # noqa: E402
-from model.bbdm.translator import build_translator, to_uint8_grey  # noqa: E402
-from model.weights import read_state_dict  # noqa: E402
+from model.bbdm.translator import build_translator, load_translator_weights, to_uint8_grey  # noqa: E402
 from processor.setup import setup_run  # noqa: E402
 from utils.cli import run_cli  # noqa: E402
 from utils.distributed import barrier, is_main, rank, world_size  # noqa: E402
-from utils.errors import ShipReIDError  # noqa: E402
 
 
 def source_seed(seed: int, name: str) -> int:
@@ -53,10 +51,7 @@ def load_translator(cfg, device):
     if not cfg.BBDM.WEIGHTS:
         raise ConfigError("BBDM.WEIGHTS is empty: pass the translator trained by train_bbdm.py (bbdm_final.pth)")
     translator = build_translator(cfg)
-    try:
-        translator.load_state_dict(read_state_dict(cfg.BBDM.WEIGHTS))
-    except RuntimeError as err:
-        raise ShipReIDError(f"{cfg.BBDM.WEIGHTS} does not fit the BBDM.* sizes of this config: {err}") from None
+    load_translator_weights(translator, cfg.BBDM.WEIGHTS)
     return translator.to(device).eval()
 
 

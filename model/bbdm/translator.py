@@ -7,6 +7,9 @@ import copy
 import torch
 from torch import nn
 
+from model.weights import read_state_dict
+from utils.errors import ShipReIDError
+
 from .bridge import BrownianBridge
 from .unet import ConditionalUNet
 
@@ -53,6 +56,14 @@ class PseudoSarTranslator(nn.Module):
     def translate(self, optical: torch.Tensor, steps: int, eta: float, generator=None) -> torch.Tensor:
         """Pseudo-SAR samples in [-1, 1] for optical images (uint8 or already in [-1, 1]), EMA weights."""
         return self.bridge.sample(self.ema_unet, self.normalizer(optical), steps=steps, eta=eta, generator=generator)
+
+
+def load_translator_weights(model: PseudoSarTranslator, path: str) -> None:
+    """A whole translator saved by train_bbdm.py (EMA included); errors name the file."""
+    try:
+        model.load_state_dict(read_state_dict(path))
+    except RuntimeError as err:
+        raise ShipReIDError(f"{path} does not fit the BBDM.* sizes of this config: {err}") from None
 
 
 def build_translator(cfg) -> PseudoSarTranslator:
