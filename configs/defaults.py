@@ -168,7 +168,8 @@ _C.SOLVER.MIN_LR_FACTOR = 0.002
 _C.SOLVER.IMS_PER_BATCH = 32
 # Mixed precision: "off", "bf16" or "fp16" (fp16 uses a gradient scaler and needs a GPU).
 _C.SOLVER.AMP = "off"
-# Optimizer step every ACCUM_STEPS batches; gradient norm clipped to CLIP_GRAD_NORM (0 = off).
+# Optimizer step every ACCUM_STEPS batches (on the mean gradient of the group; an epoch's last group may be
+# shorter); gradient norm clipped to CLIP_GRAD_NORM (0 = off).
 _C.SOLVER.ACCUM_STEPS = 1
 _C.SOLVER.CLIP_GRAD_NORM = 0.0
 # Epochs between checkpoints and between evaluations (0 = only at the end); iterations between logs.

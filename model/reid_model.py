@@ -84,7 +84,7 @@ class ReIDModel(nn.Module):
             images = self.normalizer(images)
         # the structure map only feeds a training loss; evaluation skips it
         tap = self.struct_layer if self.training else 0
-        tokens, patch_map = self.backbone.forward_features(images, batch["modality"], batch["size"], tap)
+        tokens, patch_map = self.backbone(images, batch["modality"], batch["size"], tap)
         outputs = self.head(tokens)
         outputs["feat_bn"] = self.neck(outputs["feat"])
         if patch_map is not None:

@@ -20,8 +20,8 @@ class TransOSSBackbone(VisionTransformer):
     """Token sequence [cls; (spec[modality];) patches] + pos + MIE_COE * mie[modality], then the size
     token appended.
 
-    The size token carries no position or modality embedding. `forward` returns the final-normed cls token;
-    `forward_features` returns every output token and, optionally, the patch map after one block.
+    The size token carries no position or modality embedding. `forward` (= `forward_features`) returns every
+    output token and, optionally, the patch map after one block.
     """
 
     def __init__(self, img_size=(256, 128), patch_size=16, stride=(16, 16), embed_dim=768, depth=12,
@@ -90,5 +90,7 @@ class TransOSSBackbone(VisionTransformer):
         """All output tokens after the final norm: class token(s), patches, then the size token (SSE on)."""
         return self.forward_features(images, modality, size)[0]
 
-    def forward(self, images, modality, size) -> torch.Tensor:
-        return self.forward_tokens(images, modality, size)[:, 0]
+    def forward(self, images, modality, size, tap_block: int = 0
+                ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        # callers go through the module call, not forward_features: Module.compile() (MODEL.COMPILE) wraps only it
+        return self.forward_features(images, modality, size, tap_block)

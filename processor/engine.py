@@ -16,7 +16,7 @@ from utils.distributed import world_size
 from utils.errors import ShipReIDError
 
 from .checkpoint import last_checkpoint, load_training_state, rng_state, set_rng_state
-from .optim_step import OptimizerStep, autocast_context
+from .optim_step import OptimizerStep, accumulation_group, autocast_context
 
 logger = logging.getLogger("shipreid.train")
 
@@ -129,9 +129,8 @@ class Trainer:
             self.model.train()
             num_batches = self.batches_in_epoch()
             for batch in self.loader:
-                boundary = (self.iteration + 1) % self.cfg.SOLVER.ACCUM_STEPS == 0 or \
-                    self.iteration + 1 == num_batches
-                self.run_step(batch, boundary)
+                group_size, boundary = accumulation_group(self.iteration, num_batches, self.cfg.SOLVER.ACCUM_STEPS)
+                self.run_step(batch, boundary, group_size)
                 self.iteration += 1
                 self.global_step += 1
                 self._call("after_step")
@@ -146,7 +145,7 @@ class Trainer:
             self._call("after_epoch_advanced")
         self._call("after_train")
 
-    def run_step(self, batch: dict, boundary: bool) -> None:
+    def run_step(self, batch: dict, boundary: bool, group_size: int | None = None) -> None:
         boxes = batch.pop("erase", None)  # stays on the host: reading it needs no device sync
         batch = move_batch(batch, self.device)
         batch["image"] = unwrap(self.model).normalizer(batch["image"])
@@ -155,7 +154,7 @@ class Trainer:
         with autocast_context(self.cfg.SOLVER.AMP, self.device):
             outputs = self.model(batch)
             losses = self.criterion(outputs, batch)
-        self.step_wrapper.backward(losses["total"], boundary)
+        self.step_wrapper.backward(losses["total"], boundary, group_size)
         # kept on the device: reading them (check_finite, logging) is the only host synchronisation
         self.last_losses = {name: value.detach() for name, value in losses.items()}
         self.nonfinite_steps += (~torch.isfinite(self.last_losses["total"])).int()

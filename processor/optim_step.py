@@ -23,6 +23,15 @@ def autocast_context(mode: str, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def accumulation_group(iteration: int, num_batches: int, accum_steps: int) -> tuple[int, bool]:
+    """(batches in the accumulation group of batch `iteration` (from 0), whether that batch ends it).
+
+    Groups are ACCUM_STEPS consecutive batches of an epoch; the last one holds the remainder."""
+    start = iteration - iteration % accum_steps
+    size = min(accum_steps, num_batches - start)
+    return size, iteration + 1 == start + size
+
+
 class OptimizerStep:
     """backward(loss, boundary): accumulate gradients; at a boundary clip, step, update the scaler, zero."""
 
@@ -38,8 +47,10 @@ class OptimizerStep:
         self.sync_params = [p for p in sync_params if p.requires_grad]
         self.pending = 0
 
-    def backward(self, loss: torch.Tensor, boundary: bool) -> None:
-        loss = loss / self.accum_steps
+    def backward(self, loss: torch.Tensor, boundary: bool, group_size: int | None = None) -> None:
+        """`group_size`: batches in this accumulation group (ACCUM_STEPS, fewer in an epoch's last group), so
+        that every step follows the mean gradient of the batches it accumulated."""
+        loss = loss / (group_size or self.accum_steps)
         (self.scaler.scale(loss) if self.scaler else loss).backward()
         self.pending += 1
         if boundary:

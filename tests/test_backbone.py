@@ -264,3 +264,32 @@ def test_parameter_count_is_a_fixed_number():
     # patch heads 2 x (3*16*16*48 + 48), cls 48, pos 129*48, MIE 2*48, SSE 3*48 + 48, blocks 2 x 28272, LN 96
     assert expected_parameters() == (136_992, 137_088)
     assert sum(p.numel() for p in build(num_classes=21).parameters()) == 136_992 + 96 + 21 * 48 == 138_096
+
+
+# -------------------------------------------------------------------------------------- compile
+def test_compiled_backbone_is_what_the_model_runs():
+    """MODEL.COMPILE calls backbone.compile(), which wraps only the module call: the model must go through it
+    (training with the structure tap and evaluation), and the compiled graph must give the eager outputs."""
+    graphs = []
+
+    def recording_backend(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    torch._dynamo.reset()
+    model = build("MODEL.SDF.STRUCT_LAYER", "1", "MODEL.DROP_PATH", "0.0", num_classes=3)
+    batch = make_batch()
+    with torch.no_grad():
+        eager_eval = model.embed(batch)
+        model.train()
+        eager_train = model(batch)
+    model.backbone.compile(backend=recording_backend)
+    with torch.no_grad():
+        compiled_train = model(batch)
+        model.eval()
+        compiled_eval = model.embed(batch)
+    assert len(graphs) >= 2  # one graph per tap setting (training taps block 1, evaluation taps none)
+    assert torch.allclose(compiled_eval, eager_eval, atol=1e-5)
+    for key in ("feat", "structure", "logits"):
+        assert torch.allclose(compiled_train[key], eager_train[key], atol=1e-5), key
+    assert set(model.state_dict()) == set(build("MODEL.SDF.STRUCT_LAYER", "1", num_classes=3).state_dict())

@@ -10,7 +10,7 @@ from torch import nn
 import configs
 import model as model_pkg
 from conftest import TINY_MODEL
-from processor.optim_step import OptimizerStep, autocast_context
+from processor.optim_step import OptimizerStep, accumulation_group, autocast_context
 from solver.optimizer import build_optimizer, param_groups
 from solver.scheduler import CosineWarmupScheduler, cosine_warmup_lr
 from utils.errors import ShipReIDError
@@ -210,6 +210,32 @@ def test_step_flushes_pending_gradients_and_is_a_noop_without_them():
     grad = layer.weight.grad.clone()
     stepper.step()  # end-of-epoch flush of a partial accumulation: loss / 4 was back-propagated
     assert torch.allclose(layer.weight, before - 0.1 * grad, atol=1e-7)
+
+
+@pytest.mark.parametrize("num_batches,accum,expected", [
+    (5, 2, [(2, False), (2, True), (2, False), (2, True), (1, True)]),  # the last group holds the remainder
+    (3, 4, [(3, False), (3, False), (3, True)]),                        # one group, shorter than ACCUM_STEPS
+    (3, 1, [(1, True)] * 3),
+    (6, 3, [(3, False), (3, False), (3, True)] * 2),
+])
+def test_accumulation_groups_of_an_epoch(num_batches, accum, expected):
+    assert [accumulation_group(i, num_batches, accum) for i in range(num_batches)] == expected
+
+
+def test_a_short_last_group_steps_with_its_own_mean_gradient():
+    """ACCUM_STEPS 4 over an epoch of 5 batches: the fifth batch alone makes the last step, which must equal a
+    plain step on that batch (dividing its loss by 4 would shrink the step four-fold)."""
+    x, y = data()
+    alone, accum = linear(), linear()
+    step_alone = OptimizerStep(torch.optim.SGD(alone.parameters(), lr=0.1), alone.parameters(), "off", CPU)
+    step_accum = OptimizerStep(torch.optim.SGD(accum.parameters(), lr=0.1), accum.parameters(), "off", CPU,
+                               accum_steps=4)
+    step_alone.backward(nn.functional.mse_loss(alone(x), y), boundary=True)
+    size, boundary = accumulation_group(4, 5, 4)
+    step_accum.backward(nn.functional.mse_loss(accum(x), y), boundary, size)
+    assert (size, boundary) == (1, True)
+    for a, b in zip(alone.parameters(), accum.parameters()):
+        assert torch.allclose(a, b, atol=1e-7)
 
 
 @pytest.mark.parametrize("clip,expected", [

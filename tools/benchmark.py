@@ -148,6 +148,8 @@ def bench_train(args, cfg, device, fused: bool) -> dict:
         loader = None
     model = build_model(cfg, num_classes=num_classes).to(device).train()
     set_fused_attention(model, fused)
+    # counted on the eager model: FLOP counting does not see inside compiled graphs
+    flops = 3 * forward_flops(model, model_batch(cfg, args.batch, device, True)) if device.type == "cuda" else 0.0
     if args.compile:
         model.backbone.compile()
     criterion = build_loss(cfg).to(device)
@@ -168,11 +170,10 @@ def bench_train(args, cfg, device, fused: bool) -> dict:
     stream = batches()
     seconds = timed(lambda: trainer.run_step(next(stream), boundary=True), args.warmup, args.steps, device)
     figures = {"mode": "train", "fused_attention": fused, "image_cache": cfg.DATALOADER.CACHE_IMAGES,
-               "real_data": args.data, "batch": args.batch, "step_seconds": seconds,
+               "real_data": args.data, "compiled": args.compile, "amp": cfg.SOLVER.AMP, "batch": args.batch,
+               "step_seconds": seconds,
                "images_per_second": args.batch / seconds, "peak_memory_gib": peak_memory_gib(device)}
-    if device.type == "cuda":
-        batch = model_batch(cfg, args.batch, device, with_labels=True)
-        flops = 3 * forward_flops(model, batch)  # forward + backward (2x forward)
+    if device.type == "cuda":  # forward + backward = 3 x forward
         figures.update(mfu_figures(flops, seconds, device, args.peak_tflops))
     return figures
 
