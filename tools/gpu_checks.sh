@@ -9,6 +9,10 @@
 #   QUICK=1 tools/gpu_checks.sh [OUT_DIR]  the same commands, tiny and on the CPU: checks the script itself
 #
 # Every check runs even if an earlier one fails; the exit status says whether all passed.
+#
+# On a machine that lacks a pure-Python requirement (yacs on the project's H200 image), download its wheel
+# where pip works (`pip download --no-deps -d .whl yacs==0.1.8`), take .whl along, and start with
+#   pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-gpu_figures}
