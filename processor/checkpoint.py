@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 
-import numpy as np
 import torch
 
 from model.weights import has_official_layout, to_official
@@ -29,21 +27,6 @@ def atomic_save(obj, path: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-
-
-def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def save_training_state(output_dir: str, name: str, state: dict) -> str:

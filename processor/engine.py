@@ -12,11 +12,12 @@ from datasets.erasing import apply_erasing
 from torch.nn.parallel import DistributedDataParallel
 
 from utils.device import move_batch
-from utils.distributed import world_size
+from utils.distributed import gather_objects, rank, world_size
 from utils.errors import ShipReIDError
 
-from .checkpoint import last_checkpoint, load_training_state, rng_state, set_rng_state
+from .checkpoint import last_checkpoint, load_training_state
 from .optim_step import OptimizerStep, accumulation_group, autocast_context
+from .rng import rank_seed, restore_rank_state, rng_state, seed_everything
 
 logger = logging.getLogger("shipreid.train")
 
@@ -63,13 +64,17 @@ class Trainer:
         self.last_losses: dict = {}
         self.nonfinite_steps = torch.zeros((), dtype=torch.int32, device=device)
         self.stop_requested = False
+        if world_size() > 1:  # everything is built (identically on every rank): from here each rank draws its own
+            seed_everything(rank_seed(cfg.SEED, rank()))
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
+        """Everything a resume restores. Collective under DDP (the random states of every rank are gathered):
+        all ranks call it, rank 0 saves it."""
         return {
             "model": unwrap(self.model).state_dict(), "criterion": self.criterion.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "step_wrapper": self.step_wrapper.state_dict(), "rng": rng_state(), "epoch": self.epoch,
+            "step_wrapper": self.step_wrapper.state_dict(), "rng": gather_objects(rng_state()), "epoch": self.epoch,
             "iteration": self.iteration, "global_step": self.global_step, "extra": dict(self.extra_state),
             "config": self.cfg.dump(),
         }
@@ -81,8 +86,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step_wrapper.load_state_dict(state["step_wrapper"])
-        set_rng_state(state["rng"])
         self.epoch, self.iteration = state["epoch"], state["iteration"]
+        restore_rank_state(state["rng"], rank(), world_size(), self.cfg.SEED, self.epoch, self.iteration)
         self.global_step, self.extra_state = state["global_step"], state["extra"]
         logger.info("resumed from %s at epoch %d, iteration %d", path, self.epoch, self.iteration)
 

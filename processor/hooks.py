@@ -114,16 +114,18 @@ class CheckpointHook(Hook):
     def after_epoch_advanced(self, trainer):
         finished = trainer.epoch - 1
         if finished == trainer.max_epochs or (self.period > 0 and finished % self.period == 0):
+            state = trainer.state_dict()
             if is_main():
-                path = save_training_state(self.output_dir, f"epoch_{finished:04d}.pth", trainer.state_dict())
+                path = save_training_state(self.output_dir, f"epoch_{finished:04d}.pth", state)
                 logger.info("saved %s", path)
             barrier()
 
     def on_interrupt(self, trainer):
         """Mid-epoch state (the sampler resumes at the next batch) when the run is told to stop."""
+        state = trainer.state_dict()
         if is_main():
             path = save_training_state(self.output_dir, f"epoch_{trainer.epoch:04d}_iter_{trainer.iteration:06d}.pth",
-                                       trainer.state_dict())
+                                       state)
             logger.info("saved %s", path)
         barrier()
 

@@ -3,10 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 
-import numpy as np
-import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from configs import add_config_args, parse_args, setup_config
@@ -18,11 +15,7 @@ from utils.device import resolve_device
 from utils.distributed import init_distributed, is_main
 from utils.logger import setup_logger
 
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+from .rng import seed_everything
 
 
 def setup_run(args, log_name: str):

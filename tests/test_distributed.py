@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -47,6 +48,26 @@ def test_two_process_training_matches_one_process(hoss_root, tmp_path, recipe, o
     assert torch.equal(one_state["neck.num_batches_tracked"], two["neck.num_batches_tracked"])
     with open(tmp_path / "np1" / "results.json") as f1, open(tmp_path / "np2" / "results.json") as f2:
         assert json.load(f1) == json.load(f2)  # evaluation sharded over two ranks, gathered on rank 0
+
+
+def test_two_process_resume_gives_each_rank_its_own_random_stream_back(hoss_root, tmp_path):
+    """Drop path on: each rank draws its own masks (a stream seeded from SEED and its rank). A 2-rank run resumed
+    from its epoch-1 checkpoint ends with exactly the weights of the uninterrupted run, which holds only if
+    every rank's random state is saved and handed back to that rank."""
+    args = ["--config_file", "configs/hoss/transoss.yml", "DATASETS.ROOT_DIR", hoss_root, *DETERMINISTIC_RUN,
+            "MODEL.DROP_PATH", "0.3", "SOLVER.CHECKPOINT_PERIOD", "1"]
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    run("train.py", args + ["OUTPUT_DIR", str(full)], 2)
+    saved = torch.load(full / "checkpoints" / "epoch_0001.pth", weights_only=False)
+    assert len(saved["rng"]) == 2 and not torch.equal(saved["rng"][0]["torch"], saved["rng"][1]["torch"])
+    (resumed / "checkpoints").mkdir(parents=True)
+    shutil.copy(full / "checkpoints" / "epoch_0001.pth", resumed / "checkpoints")
+    (resumed / "checkpoints" / "last_checkpoint").write_text("epoch_0001.pth\n")
+    run("train.py", ["--resume", *args, "OUTPUT_DIR", str(resumed)], 2)
+    uninterrupted = torch.load(full / "model_final.pth", weights_only=True)
+    continued = torch.load(resumed / "model_final.pth", weights_only=True)
+    for key in uninterrupted:
+        assert torch.equal(uninterrupted[key], continued[key]), key
 
 
 def test_sharded_test_py_equals_official_features(golden_dir, hoss_root, tmp_path):
