@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import os
 
-
 from datasets import build_pair_loader
 from model.bbdm.translator import build_translator, load_translator_weights
 from processor.checkpoint import atomic_save
 from processor.engine import Trainer, unwrap, wrap_ddp
 from processor.hooks import CheckpointHook, Hook, ProgressHook
-from processor.setup import run_training, setup_writer
-from loss import build_loss
-from solver import CosineWarmupScheduler, build_optimizer
+from processor.setup import run_training, training_parts
+from solver import CosineWarmupScheduler
 from utils.cli import run_cli
 from utils.distributed import rank, world_size
 from utils.errors import ShipReIDError
@@ -47,10 +45,7 @@ def build_bbdm_trainer(cfg, device, logger) -> Trainer:
     logger.info("BBDM UNet: %.2f M parameters", sum(p.numel() for p in model.unet.parameters()) / 1e6)
     if cfg.BBDM.PRETRAIN_PATH:
         load_translator_weights(model, cfg.BBDM.PRETRAIN_PATH)
-    model.to(device)
-    criterion = build_loss(cfg).to(device)
-    optimizer = build_optimizer(cfg, model, criterion)
-    writer = setup_writer(cfg)
+    criterion, optimizer, writer = training_parts(cfg, model.to(device), device)
     export = CheckpointHook(cfg.SOLVER.CHECKPOINT_PERIOD, cfg.OUTPUT_DIR,
                             final_exports=[lambda t: [export_translator(unwrap(t.model), cfg.OUTPUT_DIR)]])
     return Trainer(cfg, wrap_ddp(model, device), criterion, optimizer, CosineWarmupScheduler(optimizer, cfg),

@@ -48,7 +48,7 @@ def run_training(argv, description: str, log_name: str, build_trainer):
 
 
 def prepare_training(cfg, model, device, logger):
-    """Initialisation weights, device, optional compile, then (model, criterion, optimizer, TensorBoard writer)."""
+    """ReID models: initialisation weights, device, optional compile, then (model, *training_parts)."""
     if cfg.MODEL.PRETRAIN_PATH:
         load_weights(model, cfg.MODEL.PRETRAIN_PATH, mode="init", strict=cfg.MODEL.STRICT_LOAD)
     else:
@@ -56,9 +56,14 @@ def prepare_training(cfg, model, device, logger):
     model.to(device)
     if cfg.MODEL.COMPILE:
         model.backbone.compile()
+    return (model, *training_parts(cfg, model, device))
+
+
+def training_parts(cfg, model, device):
+    """(criterion, optimizer, TensorBoard writer) for a model already on its device: what every entry point
+    (train.py, train_pair.py, train_bbdm.py) trains with."""
     criterion = build_loss(cfg).to(device)
-    optimizer = build_optimizer(cfg, model, criterion)
-    return model, criterion, optimizer, setup_writer(cfg)
+    return criterion, build_optimizer(cfg, model, criterion), setup_writer(cfg)
 
 
 def setup_writer(cfg):
