@@ -30,7 +30,8 @@ def main(argv=None) -> dict:
     logger.info("test data (%s):\n%s", dataset.root, format_statistics(statistics_rows(protocols)))
 
     model = build_model(cfg).to(device)
-    load_weights(model, cfg.TEST.WEIGHT, mode="full", strict=cfg.MODEL.STRICT_LOAD)
+    load_weights(model, cfg.TEST.WEIGHT, mode="full", strict=cfg.MODEL.STRICT_LOAD,
+                 file_grid=cfg.MODEL.WEIGHTS_GRID)
     evaluator = Evaluator(cfg, protocols)
     logger.info("embedding %d unique images on %s", len(evaluator.records), device)
     results, feats = evaluator.evaluate(model, device)

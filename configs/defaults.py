@@ -57,6 +57,10 @@ _C.MODEL.SDF.FUSION = "sum"
 # Structure-aware consistency: the block (counted from 1) whose patch map feeds the structure descriptor
 # of the "struct" loss term; 0 = off (official SDF-Net: 6).
 _C.MODEL.SDF.STRUCT_LAYER = 0
+# Patch grid [rows, cols] that the loaded weights' position embedding was trained on, for when it differs from
+# this model's and its entry count does not tell (the load refuses and says so); [0, 0] = infer (square, or
+# the factorisation that clearly fits this model's aspect ratio).
+_C.MODEL.WEIGHTS_GRID = [0, 0]
 # Refuse weights whose keys do not fit the model (unexpected keys, shape mismatches). Set False to
 # load what fits and only report the rest.
 _C.MODEL.STRICT_LOAD = True

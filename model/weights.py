@@ -145,26 +145,46 @@ def checkpoint_filter_fn(state: dict, layout: str | None = None) -> tuple[dict, 
     return mapped, ignored
 
 
-def old_patch_grid(num_patches: int, target_grid: tuple[int, int]) -> tuple[int, int]:
-    """The grid a checkpoint's position embedding was trained on: square if it can be, otherwise the
-    factorisation closest to the target grid's aspect ratio (e.g. 128 -> 16 x 8 for 256 x 128 input)."""
+# a non-square grid is taken from the entry count only when the best factorisation fits the model's aspect ratio
+# this much better (in ratio) than the next one; otherwise MODEL.WEIGHTS_GRID must say it
+_GRID_MARGIN = math.log(1.5)
+
+
+def old_patch_grid(num_patches: int, target_grid: tuple[int, int],
+                   declared: tuple[int, int] | None = None) -> tuple[int, int]:
+    """The grid a checkpoint's position embedding was trained on: `declared` (MODEL.WEIGHTS_GRID) if given;
+    square if it can be (ImageNet ViTs); otherwise the factorisation closest to the target grid's aspect
+    ratio (e.g. 128 -> 16 x 8 for 256 x 128 input), refused when another one fits nearly as well."""
+    if declared:
+        if declared[0] * declared[1] != num_patches:
+            raise WeightsError(f"MODEL.WEIGHTS_GRID {list(declared)} has {declared[0] * declared[1]} cells, but the "
+                               f"position embedding holds {num_patches} patch entries")
+        return tuple(declared)
     side = math.isqrt(num_patches)
     if side * side == num_patches:
         return side, side
     target_ratio = target_grid[0] / target_grid[1]
     pairs = [(h, num_patches // h) for h in range(1, num_patches + 1) if num_patches % h == 0]
-    return min(pairs, key=lambda hw: abs(math.log(hw[0] / hw[1] / target_ratio)))
+    misfit = sorted(pairs, key=lambda hw: abs(math.log(hw[0] / hw[1] / target_ratio)))
+    best, runner_up = (abs(math.log(h / w / target_ratio)) for h, w in misfit[:2])
+    if runner_up - best < _GRID_MARGIN:
+        raise WeightsError(f"the position embedding holds {num_patches} patch entries, which fit "
+                           f"{misfit[0][0]}x{misfit[0][1]} and {misfit[1][0]}x{misfit[1][1]} about equally well "
+                           f"for this model's {target_grid[0]}x{target_grid[1]}; set MODEL.WEIGHTS_GRID "
+                           "[rows, cols] to the grid the weights were trained on")
+    return misfit[0]
 
 
-def resize_pos_embed(pos_embed: torch.Tensor, target_grid: tuple[int, int], num_prefix: int = 1) -> torch.Tensor:
+def resize_pos_embed(pos_embed: torch.Tensor, target_grid: tuple[int, int], num_prefix: int = 1,
+                     file_grid: tuple[int, int] | None = None) -> torch.Tensor:
     """Bilinear resize of the patch part (align_corners=False, no antialias: the official behaviour)."""
-    grid = old_patch_grid(pos_embed.shape[1] - num_prefix, target_grid)
+    grid = old_patch_grid(pos_embed.shape[1] - num_prefix, target_grid, file_grid)
     return resample_abs_pos_embed(pos_embed, new_size=list(target_grid), old_size=list(grid),
                                   num_prefix_tokens=num_prefix, interpolation="bilinear", antialias=False)
 
 
 def adapt_pos_embed(pos_embed: torch.Tensor, file_prefix: int, own_prefix: int,
-                    target_grid: tuple[int, int]) -> torch.Tensor:
+                    target_grid: tuple[int, int], file_grid: tuple[int, int] | None = None) -> torch.Tensor:
     """Fit a position embedding to the model: the class entry duplicated for SDF-Net's specific token (as the
     released code initialises it) or the specific entry dropped, then the patch grid resized."""
     if file_prefix < own_prefix:
@@ -172,17 +192,19 @@ def adapt_pos_embed(pos_embed: torch.Tensor, file_prefix: int, own_prefix: int,
     elif file_prefix > own_prefix:
         pos_embed = torch.cat([pos_embed[:, :own_prefix], pos_embed[:, file_prefix:]], dim=1)
     if pos_embed.shape[1] - own_prefix != target_grid[0] * target_grid[1]:
-        pos_embed = resize_pos_embed(pos_embed, target_grid, own_prefix)
+        pos_embed = resize_pos_embed(pos_embed, target_grid, own_prefix, file_grid)
     return pos_embed
 
 
-def load_weights(model, path: str, mode: str = "full", strict: bool = True) -> LoadReport:
+def load_weights(model, path: str, mode: str = "full", strict: bool = True,
+                 file_grid: tuple[int, int] | list[int] | None = None) -> LoadReport:
     """Load `path` into a ReIDModel.
 
     mode "init": backbone only (classifier, neck, temperature are skipped); MIE, the size token and the
     SAR patch head may be absent (the SAR head is then copied from the optical one).
     mode "full": a complete trained model (backbone + neck); the classifier loads when its shape fits.
     With `strict`, unexpected keys and shape mismatches raise; otherwise they are reported and skipped.
+    `file_grid` (MODEL.WEIGHTS_GRID; empty or 0x0 = infer): the patch grid of the file's position embedding.
     """
     if mode not in ("init", "full"):
         raise ValueError(f"mode must be 'init' or 'full', got {mode!r}")
@@ -202,10 +224,17 @@ def load_weights(model, path: str, mode: str = "full", strict: bool = True) -> L
     # another token count at the same width is adapted; another width is a mismatch reported below
     if pos is not None and pos.shape != own["backbone.pos_embed"].shape and pos.shape[-1] == own["backbone.pos_embed"].shape[-1]:
         file_prefix = 2 if SPEC_TOKENS_KEY in state else 1
-        state["backbone.pos_embed"] = adapt_pos_embed(pos, file_prefix, backbone.num_prefix_tokens, backbone.grid_size)
+        declared = tuple(file_grid) if file_grid and all(file_grid) else None
+        try:
+            patches, (rows, cols) = pos.shape[1] - file_prefix, backbone.grid_size
+            old_grid = (rows, cols) if patches == rows * cols else old_patch_grid(patches, (rows, cols), declared)
+            state["backbone.pos_embed"] = adapt_pos_embed(pos, file_prefix, backbone.num_prefix_tokens,
+                                                          backbone.grid_size, old_grid)
+        except WeightsError as err:
+            raise WeightsError(f"{path}: {err}") from None
         report.notes.append(f"adapted position embedding {list(pos.shape)} -> {list(own['backbone.pos_embed'].shape)}"
                             f" ({file_prefix} -> {backbone.num_prefix_tokens} class entries, grid "
-                            f"{backbone.grid_size[0]}x{backbone.grid_size[1]})")
+                            f"{old_grid[0]}x{old_grid[1]} -> {backbone.grid_size[0]}x{backbone.grid_size[1]})")
     if backbone.patch_embed.sar is not None and "backbone.patch_embed.sar.weight" not in state:
         for name in ("weight", "bias"):
             optical = state.get(f"backbone.patch_embed.optical.{name}")

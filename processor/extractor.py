@@ -48,7 +48,8 @@ class FeatureExtractor:
         self.cfg = load_config(config_file, list(opts))
         self.device = resolve_device(device)
         self.model = build_model(self.cfg).to(self.device).eval()
-        load_weights(self.model, weights, mode="full", strict=self.cfg.MODEL.STRICT_LOAD)
+        load_weights(self.model, weights, mode="full", strict=self.cfg.MODEL.STRICT_LOAD,
+                     file_grid=self.cfg.MODEL.WEIGHTS_GRID)
         self.decoder = ChipDecoder.from_config(self.cfg)
         self.size_encoder = ShipSizeEncoder.from_config(self.cfg)
         self.transform = build_test_transform(self.cfg)

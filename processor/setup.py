@@ -50,7 +50,8 @@ def run_training(argv, description: str, log_name: str, build_trainer):
 def prepare_training(cfg, model, device, logger):
     """ReID models: initialisation weights, device, optional compile, then (model, *training_parts)."""
     if cfg.MODEL.PRETRAIN_PATH:
-        load_weights(model, cfg.MODEL.PRETRAIN_PATH, mode="init", strict=cfg.MODEL.STRICT_LOAD)
+        load_weights(model, cfg.MODEL.PRETRAIN_PATH, mode="init", strict=cfg.MODEL.STRICT_LOAD,
+                     file_grid=cfg.MODEL.WEIGHTS_GRID)
     else:
         logger.info("MODEL.PRETRAIN_PATH is empty: training from random initialisation")
     model.to(device)

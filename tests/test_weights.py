@@ -345,7 +345,7 @@ def test_16x8_checkpoint_into_a_stride_12_model(official, tmp_path):
     assert model.backbone.grid_size == (21, 10)
     report = load_weights(model, path, mode="full")
     assert not report.missing and not report.mismatched
-    assert any("grid 21x10" in n for n in report.notes)
+    assert any("grid 16x8 -> 21x10" in n for n in report.notes)
     assert model.backbone.pos_embed.shape == (1, 1 + 21 * 10, D)
     expected = expected_pos_resize(official["base.pos_embed"], (16, 8), (21, 10))
     torch.testing.assert_close(model.backbone.pos_embed.detach(), expected, atol=1e-6, rtol=0)
@@ -354,12 +354,30 @@ def test_16x8_checkpoint_into_a_stride_12_model(official, tmp_path):
     assert out.shape == (2, D) and torch.isfinite(out).all()
 
 
+def test_a_grid_the_entry_count_cannot_tell_is_refused_until_declared(official, tmp_path):
+    """A 16x8 checkpoint into a 256x256 model (16x16): 128 entries fit 16x8 and 8x16 equally well. Guessing
+    8x16 would silently transpose the position embedding, so the load stops and names the key to set."""
+    path = save(official, tmp_path / "ft.pth")
+    with pytest.raises(WeightsError, match=r"ft\.pth.*128 patch entries.*8x16.*16x8.*MODEL\.WEIGHTS_GRID"):
+        load_weights(build("INPUT.SIZE_TRAIN", "[256,256]", "INPUT.SIZE_TEST", "[256,256]"), path, mode="init")
+    model = build("INPUT.SIZE_TRAIN", "[256,256]", "INPUT.SIZE_TEST", "[256,256]")
+    report = load_weights(model, path, mode="init", file_grid=cfg("MODEL.WEIGHTS_GRID", "[16,8]").MODEL.WEIGHTS_GRID)
+    assert any("grid 16x8 -> 16x16" in n for n in report.notes)
+    torch.testing.assert_close(model.backbone.pos_embed.detach(),
+                               expected_pos_resize(official["base.pos_embed"], (16, 8), (16, 16)), atol=1e-6, rtol=0)
+    with pytest.raises(WeightsError, match=r"MODEL.WEIGHTS_GRID \[12, 12\] has 144 cells.*128 patch entries"):
+        load_weights(build("INPUT.SIZE_TRAIN", "[256,256]"), path, mode="init", file_grid=[12, 12])
+
+
 def test_old_patch_grid_and_resize_pos_embed():
     assert old_patch_grid(128, (16, 8)) == (16, 8)
     assert old_patch_grid(128, (21, 10)) == (16, 8)
     assert old_patch_grid(196, (16, 8)) == (14, 14)
     assert old_patch_grid(210, (16, 8)) == (21, 10)               # a stride-12 checkpoint back to stride 16
     assert old_patch_grid(288, (16, 8)) == (24, 12)               # 384 x 192 input
+    assert old_patch_grid(128, (16, 16), declared=(8, 16)) == (8, 16)
+    with pytest.raises(WeightsError, match="about equally well"):
+        old_patch_grid(128, (16, 16))                             # 16x8 or 8x16: both off by a factor 2
     pos = torch.randn(1, 1 + 128, D)
     assert torch.equal(resize_pos_embed(pos, (16, 8)), pos)       # same grid: unchanged
     torch.testing.assert_close(resize_pos_embed(pos, (32, 16)), expected_pos_resize(pos, (16, 8), (32, 16)))

@@ -43,7 +43,8 @@ def main(argv=None) -> str:
         torch.manual_seed(cfg.SEED)
         model = build_model(cfg).to(device)
         if weights:
-            load_weights(model, weights, mode=mode, strict=cfg.MODEL.STRICT_LOAD)
+            load_weights(model, weights, mode=mode, strict=cfg.MODEL.STRICT_LOAD,
+                         file_grid=cfg.MODEL.WEIGHTS_GRID)
         feats = evaluator.protocol_features(evaluator.extract(model, device), protocol)
         panels.append((f"{title} ({args.protocol})", feats))
     records = protocol.query + protocol.gallery

@@ -49,7 +49,7 @@ def export(cfg, weights: str, out: str) -> float:
     """Write the ONNX file and return the largest absolute difference to PyTorch on a fresh batch of 5."""
     import onnxruntime
     model = build_model(cfg).eval()
-    load_weights(model, weights, mode="full", strict=cfg.MODEL.STRICT_LOAD)
+    load_weights(model, weights, mode="full", strict=cfg.MODEL.STRICT_LOAD, file_grid=cfg.MODEL.WEIGHTS_GRID)
     graph = FeatureGraph(model, cfg.TEST.NECK_FEAT).eval()
     batch = torch.export.Dim("batch", min=1)
     torch.onnx.export(graph, example_inputs(cfg, 2), out, input_names=["image", "modality", "size"],
