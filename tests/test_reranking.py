@@ -2,10 +2,14 @@
 (Zhong et al., CVPR 2017, as in the widely used reference code), and its effect on a clustered case."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
 
+from utils import reranking
+from utils.errors import ShipReIDError
 from utils.metrics import evaluate_ranking, squared_euclidean
 from utils.reranking import re_ranking
 
@@ -71,14 +75,22 @@ def test_matches_loop_reference_on_random_features(k1, k2, lambda_value):
     np.testing.assert_allclose(got.numpy(), expected, atol=1e-6, rtol=0)
 
 
-def test_clustered_features_match_loop_reference_and_chunking_is_invisible():
-    # clustered data makes large reciprocal sets and real expansions (the random case has few)
+@pytest.mark.parametrize("chunk_bytes", [1, 50_000, reranking.CHUNK_BYTES])
+def test_clustered_features_match_loop_reference_and_chunking_is_invisible(chunk_bytes, monkeypatch):
+    # clustered data makes large reciprocal sets and real expansions (the random case has few); the chunk
+    # budget gives 1 query per chunk, a few, and all at once
+    monkeypatch.setattr(reranking, "CHUNK_BYTES", chunk_bytes)
     query, gallery, _, _ = clustered_case()
     expected = loop_re_ranking(query, gallery, 6, 3, 0.3)
-    q, g = torch.from_numpy(query), torch.from_numpy(gallery)
-    for chunk in (1, 5, 64):
-        got = re_ranking(q, g, 6, 3, 0.3, chunk=chunk)
-        np.testing.assert_allclose(got.numpy(), expected, atol=1e-6, rtol=0)
+    got = re_ranking(torch.from_numpy(query), torch.from_numpy(gallery), 6, 3, 0.3)
+    np.testing.assert_allclose(got.numpy(), expected, atol=1e-6, rtol=0)
+
+
+def test_too_many_images_are_refused_before_any_allocation():
+    n = 2 * math.isqrt(reranking.available_memory(torch.device("cpu")) // reranking.RERANK_BYTES_PER_PAIR)
+    query, gallery = torch.zeros(n // 2, 1).expand(-1, 4), torch.zeros(n - n // 2, 1).expand(-1, 4)
+    with pytest.raises(ShipReIDError, match=rf"TEST.RE_RANKING on {n} images needs about .* GiB"):
+        re_ranking(query, gallery)
 
 
 def test_float32_input_gives_float32_output_close_to_reference():

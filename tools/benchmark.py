@@ -4,9 +4,10 @@
   python tools/benchmark.py --mode eval --num-query 2000 --num-gallery 20000 --check
   python tools/benchmark.py --mode train --config_file configs/demo/transoss.yml --compare
   python tools/benchmark.py --mode infer --batch 64 MODEL.DEVICE cuda SOLVER.AMP bf16
+  python tools/benchmark.py --mode rerank --num-query 1000 --num-gallery 5000
   python tools/benchmark.py --mode data --config_file configs/demo/transoss.yml
 
-Prints images/s, step time, peak memory and, on a GPU, the model FLOPs and MFU (fraction of the device's
+Prints images/s (or seconds), step time, peak memory and, on a GPU, the model FLOPs and MFU (fraction of the device's
 dense bf16 peak given by --peak-tflops); --json FILE writes the same figures.
 """
 from __future__ import annotations
@@ -100,6 +101,28 @@ def bench_eval(args, device) -> dict:
         figures["reference"] = reference
         figures["matches_reference"] = all(abs(metrics[k] - v) < 1e-12 for k, v in reference.items())
     return figures
+
+
+def bench_rerank(args, cfg, device) -> dict:
+    """k-reciprocal re-ranking (TEST.RE_RANKING_*) of random clustered features: seconds, peak memory and
+    peak memory per image pair (what utils/reranking.py's RERANK_BYTES_PER_PAIR bounds)."""
+    from utils.reranking import re_ranking
+    gen = torch.Generator().manual_seed(0)
+    num_ids = max(1, (args.num_query + args.num_gallery) // args.images_per_id)
+    centres = torch.randn(num_ids, args.dim, generator=gen)
+    feats = centres[torch.randint(0, num_ids, (args.num_query + args.num_gallery,), generator=gen)]
+    feats = torch.nn.functional.normalize(feats + 0.5 * torch.randn(feats.shape, generator=gen), dim=1).to(device)
+    before = peak_memory_gib(device)
+    synchronize(device)
+    start = time.perf_counter()
+    re_ranking(feats[:args.num_query], feats[args.num_query:], cfg.TEST.RE_RANKING_K1, cfg.TEST.RE_RANKING_K2,
+               cfg.TEST.RE_RANKING_LAMBDA)
+    synchronize(device)
+    seconds = time.perf_counter() - start
+    peak = peak_memory_gib(device)
+    n = args.num_query + args.num_gallery
+    return {"mode": "rerank", "num_query": args.num_query, "num_gallery": args.num_gallery, "seconds": seconds,
+            "peak_memory_gib": peak, "bytes_per_pair": (peak - before) * 2 ** 30 / n ** 2}
 
 
 def model_batch(cfg, batch_size: int, device: torch.device, with_labels: bool) -> dict:
@@ -221,7 +244,7 @@ def bench_data(args, cfg) -> dict:
 
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--mode", choices=("train", "infer", "eval", "data"), required=True)
+    parser.add_argument("--mode", choices=("train", "infer", "eval", "rerank", "data"), required=True)
     parser.add_argument("--batch", type=int, default=64, help="images per step (train, infer)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps (train, infer) or batches (data)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
@@ -251,6 +274,8 @@ def main(argv=None) -> list[dict]:
             runs[0]["speedup_vs_unfused"] = runs[0]["images_per_second"] / runs[1]["images_per_second"]
     elif args.mode == "infer":
         runs = [bench_infer(args, cfg, device)]
+    elif args.mode == "rerank":
+        runs = [bench_rerank(args, cfg, device)]
     else:
         runs = [bench_data(args, cfg)]
     for figures in runs:
