@@ -25,7 +25,7 @@ from utils.errors import ShipReIDError
 class EMAHook(Hook):
     def after_step(self, trainer):
         if not trainer.step_wrapper.pending:  # the optimizer stepped on this batch
-            unwrap(trainer.model).update_ema(trainer.global_step)
+            unwrap(trainer.model).update_ema(trainer.optimizer_steps)
 
 
 def export_translator(model, output_dir: str) -> str:

@@ -233,7 +233,7 @@ _C.BBDM.MAX_VAR = 1.0
 _C.BBDM.OBJECTIVE = "grad"
 _C.BBDM.LOSS = "l1"
 # Exponential moving average of the weights (the weights that sample): decay, and the optimizer step before
-# which it simply copies the weights (HOSS is small: start early).
+# which it simply copies the weights (HOSS is small: start early). Steps, not batches, under ACCUM_STEPS.
 _C.BBDM.EMA_DECAY = 0.995
 _C.BBDM.EMA_START = 2000
 # Training pairs: "optisar" (co-registered OptiSar_Pair, pretraining) or "hoss_train" (every same-identity

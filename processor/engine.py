@@ -59,7 +59,8 @@ class Trainer:
         self.max_epochs = cfg.SOLVER.MAX_EPOCHS
         self.epoch = 1           # the epoch being trained (or next to train)
         self.iteration = 0       # batches finished inside self.epoch
-        self.global_step = 0
+        self.global_step = 0     # batches since the start (TensorBoard's x axis)
+        self.optimizer_steps = 0  # = global_step unless SOLVER.ACCUM_STEPS > 1
         self.extra_state: dict = {}  # hooks keep their resumable state here (best metric, ...)
         self.last_losses: dict = {}
         self.nonfinite_steps = torch.zeros((), dtype=torch.int32, device=device)
@@ -75,7 +76,8 @@ class Trainer:
             "model": unwrap(self.model).state_dict(), "criterion": self.criterion.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "step_wrapper": self.step_wrapper.state_dict(), "rng": gather_objects(rng_state()), "epoch": self.epoch,
-            "iteration": self.iteration, "global_step": self.global_step, "extra": dict(self.extra_state),
+            "iteration": self.iteration, "global_step": self.global_step,
+            "optimizer_steps": self.optimizer_steps, "extra": dict(self.extra_state),
             "config": self.cfg.dump(),
         }
 
@@ -89,6 +91,8 @@ class Trainer:
         self.epoch, self.iteration = state["epoch"], state["iteration"]
         restore_rank_state(state["rng"], rank(), world_size(), self.cfg.SEED, self.epoch, self.iteration)
         self.global_step, self.extra_state = state["global_step"], state["extra"]
+        # checkpoints from before the count was kept: exact for ACCUM_STEPS 1, the only setting they trained BBDMs
+        self.optimizer_steps = state.get("optimizer_steps", self.global_step)
         logger.info("resumed from %s at epoch %d, iteration %d", path, self.epoch, self.iteration)
 
     def resume_from(self, output_dir: str) -> None:
@@ -160,6 +164,7 @@ class Trainer:
             outputs = self.model(batch)
             losses = self.criterion(outputs, batch)
         self.step_wrapper.backward(losses["total"], boundary, group_size)
+        self.optimizer_steps += int(boundary)
         # kept on the device: reading them (check_finite, logging) is the only host synchronisation
         self.last_losses = {name: value.detach() for name, value in losses.items()}
         self.nonfinite_steps += (~torch.isfinite(self.last_losses["total"])).int()

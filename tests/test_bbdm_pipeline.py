@@ -54,6 +54,23 @@ def test_to_uint8_grey():
     assert to_uint8_grey(samples).tolist() == [[[0, 128]]]
 
 
+def test_ema_start_counts_optimizer_steps_under_accumulation(hoss_root, tmp_path):
+    """ACCUM_STEPS 2 over one epoch: the EMA is told optimizer steps (half the batches, rounded up), so with
+    EMA_START above that count it is still an exact copy of the live weights."""
+    common = [*BBDM_RUN, "DATASETS.ROOT_DIR", hoss_root, "SOLVER.MAX_EPOCHS", "1", "SOLVER.ACCUM_STEPS", "2"]
+    trainer = train_bbdm.main([*common, "OUTPUT_DIR", str(tmp_path / "a")])
+    batches = trainer.global_step
+    assert batches >= 3 and trainer.optimizer_steps == (batches + 1) // 2
+    start_after_last_step = ["BBDM.EMA_START", str(trainer.optimizer_steps + 1)]
+    copied = train_bbdm.main([*common, *start_after_last_step, "OUTPUT_DIR", str(tmp_path / "b")]).model
+    for (name, ema), live in zip(copied.ema_unet.named_parameters(), copied.unet.parameters()):
+        assert torch.equal(ema, live), name
+    # one step earlier the EMA has started averaging on the last step
+    averaged = train_bbdm.main([*common, "BBDM.EMA_START", str(trainer.optimizer_steps),
+                                "OUTPUT_DIR", str(tmp_path / "c")]).model
+    assert any(not torch.equal(e, p) for e, p in zip(averaged.ema_unet.parameters(), averaged.unet.parameters()))
+
+
 def test_bbdm_training_resume_generation_and_fused_evaluation(hoss_root, tmp_path):
     common = [*BBDM_RUN, "DATASETS.ROOT_DIR", hoss_root]
     full = train_bbdm.main([*common, "OUTPUT_DIR", str(tmp_path / "bbdm"), "SOLVER.MAX_EPOCHS", "2"])
