@@ -49,7 +49,7 @@ class ConditionalUNet(nn.Module):
 
     def __init__(self, in_channels: int = 3, cond_channels: int = 3, out_channels: int = 3, base_channels: int = 64,
                  channel_mult: Sequence[int] = (1, 2, 4, 4), num_res_blocks: int = 2,
-                 attention_levels: Sequence[int] = (2,), num_heads_channels: int = 64, dropout: float = 0.0):
+                 attention_levels: Sequence[int] = (3,), num_heads_channels: int = 64, dropout: float = 0.0):
         super().__init__()
         levels = len(channel_mult)
         bad_levels = [lvl for lvl in attention_levels if not 0 <= lvl < levels]
