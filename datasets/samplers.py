@@ -24,7 +24,8 @@ class PKBatchSampler(Sampler[list[int]]):
     Per epoch each identity's images are shuffled and cut into groups of K (identities with fewer than K
     images are up-sampled with replacement to K; a remainder is dropped); batches take P random identities
     that still have a group, until fewer than P remain. With `modality_balanced`, an identity with both
-    modalities contributes groups of K/2 optical + K/2 SAR images instead.
+    modalities contributes groups of K/2 optical + K/2 SAR images instead: as many groups as its scarcer
+    modality fills, so the other modality's surplus images sit out that epoch (a new random subset each epoch).
     """
 
     def __init__(self, labels: Sequence[int], modalities: Sequence[int], batch_size: int, num_instances: int,
