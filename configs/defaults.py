@@ -191,6 +191,15 @@ _C.TEST.IMS_PER_BATCH = 256
 _C.TEST.NECK_FEAT = "before"
 # L2-normalise features before the squared Euclidean distance (official: always on).
 _C.TEST.FEAT_NORM = True
+# Test feature = mean of the image's and its left-right mirror's (flip test).
+_C.TEST.FLIP_FEATS = False
+# alpha-weighted query expansion (as fast-reid's TEST.AQE; transductive: it reads the whole test set): every
+# query and gallery feature of a protocol becomes the similarity^AQE_ALPHA-weighted mean of its AQE_K nearest
+# (itself included), AQE_ROUNDS times; applied before re-ranking.
+_C.TEST.AQE = False
+_C.TEST.AQE_K = 5
+_C.TEST.AQE_ALPHA = 3.0
+_C.TEST.AQE_ROUNDS = 1
 # k-reciprocal re-ranking (Zhong et al. 2017) of the query-gallery distances.
 _C.TEST.RE_RANKING = False
 _C.TEST.RE_RANKING_K1 = 50

@@ -94,8 +94,13 @@ class ReIDModel(nn.Module):
         return outputs
 
     @torch.no_grad()
-    def embed(self, batch: dict, neck_feat: str = "before") -> torch.Tensor:
-        """The test feature: pre-neck ("before", official) or post-neck ("after")."""
+    def embed(self, batch: dict, neck_feat: str = "before", flip: bool = False) -> torch.Tensor:
+        """The test feature: pre-neck ("before", official) or post-neck ("after"); with `flip` (TEST.FLIP_FEATS)
+        the mean of the image's and its left-right mirror's features."""
         if neck_feat not in NECK_FEATS:
             raise ShipReIDError(f"TEST.NECK_FEAT must be one of {NECK_FEATS}, got {neck_feat!r}")
-        return self.forward(batch)["feat" if neck_feat == "before" else "feat_bn"]
+        key = "feat" if neck_feat == "before" else "feat_bn"
+        feat = self.forward(batch)[key]
+        if flip:
+            feat = (feat + self.forward({**batch, "image": batch["image"].flip(-1)})[key]) / 2
+        return feat

@@ -24,6 +24,7 @@ from utils.device import move_batch
 from utils.distributed import gather_objects, is_main, rank, world_size
 from utils.errors import ShipReIDError
 from utils.metrics import DEFAULT_RANKS, evaluate_features, evaluate_ranking, squared_euclidean
+from utils.query_expansion import average_query_expansion
 from utils.ranked_list import draw_ranked_lists
 from utils.reranking import re_ranking
 
@@ -69,7 +70,8 @@ class Evaluator:
         feats = []
         for batch in tqdm(loader_for(rows), desc=desc, unit="batch", leave=False, dynamic_ncols=True,
                           disable=not is_main()):
-            feats.append(model.embed(move_batch(batch, device), self.cfg.TEST.NECK_FEAT).float().cpu())
+            feats.append(model.embed(move_batch(batch, device), self.cfg.TEST.NECK_FEAT,
+                                     self.cfg.TEST.FLIP_FEATS).float().cpu())
         model.train(was_training)
         local = torch.cat(feats) if feats else torch.empty(0, 0)
         if world_size() == 1:
@@ -135,6 +137,10 @@ class Evaluator:
         t = self.cfg.TEST
         num_query = len(protocol.query)
         query, gallery = self.query_gallery(feats, protocol)
+        if t.AQE:
+            query, gallery = average_query_expansion(query, gallery, t.AQE_K, t.AQE_ALPHA, t.AQE_ROUNDS)
+            if t.FEAT_NORM:
+                query, gallery = F.normalize(query, dim=1), F.normalize(gallery, dim=1)
         q_pids, g_pids = [r.pid for r in protocol.query], [r.pid for r in protocol.gallery]
         if t.RE_RANKING:
             dist = re_ranking(query, gallery, t.RE_RANKING_K1, t.RE_RANKING_K2, t.RE_RANKING_LAMBDA)

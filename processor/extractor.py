@@ -80,6 +80,6 @@ class FeatureExtractor:
             batch = {"image": torch.stack([c[0] for c in chunk]).to(self.device),
                      "modality": torch.tensor([c[1] for c in chunk], device=self.device),
                      "size": torch.tensor([c[2] for c in chunk], dtype=torch.float32, device=self.device)}
-            feats.append(self.model.embed(batch, self.cfg.TEST.NECK_FEAT).float().cpu())
+            feats.append(self.model.embed(batch, self.cfg.TEST.NECK_FEAT, self.cfg.TEST.FLIP_FEATS).float().cpu())
         out = torch.cat(feats) if feats else torch.empty(0, self.cfg.MODEL.EMBED_DIM)
         return torch.nn.functional.normalize(out, dim=1) if normalize else out

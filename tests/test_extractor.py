@@ -1,6 +1,7 @@
 """FeatureExtractor: the features of test.py for the same files, from paths or arrays, with no dataset."""
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -85,3 +86,49 @@ def test_ranked_list_tool_from_saved_features(golden_dir, hoss_root, tmp_path):
                         "--out", str(tmp_path / "tool.png"), "--queries", "4", "--topk", "10", *common])
     with Image.open(path) as a, Image.open(tmp_path / "ranked_S2O.png") as b:
         assert np.array_equal(np.asarray(a), np.asarray(b))  # the same picture as test.py's
+
+
+def test_flip_features_are_the_mean_with_the_mirror_image(golden_dir, samples_dir):
+    """TEST.FLIP_FEATS: each feature is the mean of the chip's and of its left-right mirror's (the mirror given
+    here as an array with the same modality and size)."""
+    weights = os.path.join(golden_dir, "transoss_tiny", "transoss_tiny_official_format.pth")
+    paths = sorted(os.path.join(samples_dir, "query", n) for n in os.listdir(os.path.join(samples_dir, "query")))[:4]
+    plain = FeatureExtractor("configs/hoss/transoss.yml", weights, "cpu", TINY_MODEL)
+    flipped = FeatureExtractor("configs/hoss/transoss.yml", weights, "cpu", [*TINY_MODEL, "TEST.FLIP_FEATS", "True"])
+    modalities = [modality_from_name(p) for p in paths]
+    decoded = [plain.decoder(p, m) for p, m in zip(paths, modalities)]
+    mirrors = plain([np.ascontiguousarray(pixels[:, ::-1]) for pixels, _ in decoded], modalities=modalities,
+                    sizes=[size for _, size in decoded])
+    expected = (plain(paths) + mirrors) / 2
+    got = flipped(paths)
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert (got - plain(paths)).abs().max() > 1e-3  # the model is not mirror-invariant: flipping changes features
+
+
+def test_test_py_flip_and_query_expansion(golden_dir, hoss_root, samples_dir, tmp_path):
+    """test.py with TEST.FLIP_FEATS and TEST.AQE: the saved features are the extractor's flip features, and the
+    metrics are those of the expanded, re-normalised features."""
+    from utils.metrics import evaluate_features
+    from utils.query_expansion import average_query_expansion
+    weights = os.path.join(golden_dir, "transoss_tiny", "transoss_tiny_official_format.pth")
+    options = ["TEST.FLIP_FEATS", "True", "TEST.AQE", "True", "TEST.AQE_K", "3"]
+    test_entry.main(["--config_file", "configs/hoss/transoss.yml", "DATASETS.ROOT_DIR", hoss_root, "TEST.WEIGHT",
+                     weights, "OUTPUT_DIR", str(tmp_path), "TEST.SAVE_FEATS", "True", "MODEL.DEVICE", "cpu",
+                     "DATALOADER.NUM_WORKERS", "0", "DATASETS.PROTOCOLS", "['ALL']", *TINY_MODEL, *options])
+    saved = np.load(tmp_path / "features_ALL.npz")
+    num_query = int(saved["num_query"])
+    paths = [os.path.join(samples_dir, "query" if i < num_query else "bounding_box_test", n)
+             for i, n in enumerate(saved["names"])]
+    extractor = FeatureExtractor("configs/hoss/transoss.yml", weights, "cpu", [*TINY_MODEL, *options])
+    assert torch.allclose(extractor(paths), torch.from_numpy(saved["feats"]), atol=1e-5)
+    feats = torch.nn.functional.normalize(torch.from_numpy(saved["feats"]), dim=1)
+    q, g = average_query_expansion(feats[:num_query], feats[num_query:], k=3, alpha=3.0)
+    expected = evaluate_features(torch.nn.functional.normalize(q, dim=1), torch.nn.functional.normalize(g, dim=1),
+                                 saved["pids"][:num_query].tolist(), saved["pids"][num_query:].tolist())
+    with open(tmp_path / "results.json") as f:
+        results = json.load(f)["ALL"]
+    for name in ("mAP", "R1", "R5", "mINP"):
+        assert results[name] == pytest.approx(expected[name], abs=1e-12), name
+    unexpanded = evaluate_features(feats[:num_query], feats[num_query:], saved["pids"][:num_query].tolist(),
+                                   saved["pids"][num_query:].tolist())
+    assert abs(unexpanded["mAP"] - expected["mAP"]) > 1e-3  # the expansion changed the ranking
