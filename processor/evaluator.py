@@ -127,26 +127,22 @@ class Evaluator:
         return feats[rows]
 
     def query_gallery(self, feats: torch.Tensor, protocol: Protocol) -> tuple[torch.Tensor, torch.Tensor]:
-        """The protocol's query and gallery features, L2-normalised when TEST.FEAT_NORM."""
+        """The protocol's query and gallery features as they are ranked (see `features_for_ranking`)."""
         chosen = self.protocol_features(feats, protocol)
-        if self.cfg.TEST.FEAT_NORM:
-            chosen = F.normalize(chosen, dim=1)
-        return chosen[:len(protocol.query)], chosen[len(protocol.query):]
+        return features_for_ranking(self.cfg.TEST, chosen[:len(protocol.query)], chosen[len(protocol.query):])
+
+    def distances(self, feats: torch.Tensor, protocol: Protocol) -> torch.Tensor:
+        chosen = self.protocol_features(feats, protocol)
+        return ranking_distances(self.cfg.TEST, chosen[:len(protocol.query)], chosen[len(protocol.query):])
 
     def score(self, feats: torch.Tensor, protocol: Protocol) -> dict:
         t = self.cfg.TEST
         num_query = len(protocol.query)
-        query, gallery = self.query_gallery(feats, protocol)
-        if t.AQE:
-            query, gallery = average_query_expansion(query, gallery, t.AQE_K, t.AQE_ALPHA, t.AQE_ROUNDS)
-            if t.FEAT_NORM:
-                query, gallery = F.normalize(query, dim=1), F.normalize(gallery, dim=1)
         q_pids, g_pids = [r.pid for r in protocol.query], [r.pid for r in protocol.gallery]
         if t.RE_RANKING:
-            dist = re_ranking(query, gallery, t.RE_RANKING_K1, t.RE_RANKING_K2, t.RE_RANKING_LAMBDA)
-            metrics = evaluate_ranking(dist, q_pids, g_pids)
-        else:
-            metrics = evaluate_features(query, gallery, q_pids, g_pids)
+            metrics = evaluate_ranking(self.distances(feats, protocol), q_pids, g_pids)
+        else:  # chunked: the full distance matrix never exists
+            metrics = evaluate_features(*self.query_gallery(feats, protocol), q_pids, g_pids)
         metrics.update(num_query=num_query, num_gallery=len(protocol.gallery), derived=protocol.derived)
         if metrics["num_skipped_query"]:
             logger.info("%s: %d queries have no positive in the gallery and are skipped", protocol.name,
@@ -159,11 +155,12 @@ class Evaluator:
         return {p.name: self.score(feats, p) for p in self.protocols}, feats
 
     def save_ranked_lists(self, feats: torch.Tensor, output_dir: str) -> list[str]:
-        """ranked_<protocol>.png for the first TEST.RANKED_LIST_QUERIES queries of every protocol."""
+        """ranked_<protocol>.png for the first TEST.RANKED_LIST_QUERIES queries of every protocol, ranked as
+        the metrics rank them (AQE, re-ranking)."""
         decoder = ChipDecoder.from_config(self.cfg)
         paths = []
         for protocol in self.protocols:
-            dist = squared_euclidean(*self.query_gallery(feats, protocol))
+            dist = self.distances(feats, protocol)
             paths.append(draw_ranked_lists(protocol.query, protocol.gallery, dist,
                                            lambda r: decoder(r.path, r.modality)[0],
                                            os.path.join(output_dir, f"ranked_{protocol.name}.png"),
@@ -182,6 +179,27 @@ class Evaluator:
                      num_query=np.int64(len(protocol.query)))
             paths.append(path)
         return paths
+
+
+def features_for_ranking(test_cfg, query: torch.Tensor, gallery: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """L2-normalised when TEST.FEAT_NORM, query-expanded (then normalised again) when TEST.AQE."""
+    t = test_cfg
+    if t.FEAT_NORM:
+        query, gallery = F.normalize(query, dim=1), F.normalize(gallery, dim=1)
+    if t.AQE:
+        query, gallery = average_query_expansion(query, gallery, t.AQE_K, t.AQE_ALPHA, t.AQE_ROUNDS)
+        if t.FEAT_NORM:
+            query, gallery = F.normalize(query, dim=1), F.normalize(gallery, dim=1)
+    return query, gallery
+
+
+def ranking_distances(test_cfg, query: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
+    """The full query x gallery distance matrix that ranks (re-ranked when TEST.RE_RANKING)."""
+    t = test_cfg
+    query, gallery = features_for_ranking(t, query, gallery)
+    if t.RE_RANKING:
+        return re_ranking(query, gallery, t.RE_RANKING_K1, t.RE_RANKING_K2, t.RE_RANKING_LAMBDA)
+    return squared_euclidean(query, gallery)
 
 
 def format_results(results: dict) -> str:

@@ -63,3 +63,19 @@ def test_expansion_helps_on_clustered_features():
 def test_bad_settings_name_the_key():
     with pytest.raises(ShipReIDError, match="TEST.AQE_K"):
         average_query_expansion(torch.ones(2, 3), torch.ones(2, 3), k=0)
+
+
+def test_ranked_lists_rank_as_the_metrics_do():
+    """The distance matrix behind the ranked-list pictures (AQE on) gives the metrics test.py reports."""
+    from configs import load_config
+    from processor.evaluator import features_for_ranking, ranking_distances
+    from utils.metrics import evaluate_ranking
+    test_cfg = load_config(None, ["TEST.AQE", "True", "TEST.AQE_K", "4"]).TEST
+    gen = torch.Generator().manual_seed(8)
+    query, gallery = torch.randn(15, 16, generator=gen), torch.randn(60, 16, generator=gen)
+    q_ids, g_ids = (torch.arange(15) % 5).tolist(), (torch.arange(60) % 5).tolist()
+    from_distances = evaluate_ranking(ranking_distances(test_cfg, query, gallery), q_ids, g_ids)
+    chunked = evaluate_features(*features_for_ranking(test_cfg, query, gallery), q_ids, g_ids)
+    plain = evaluate_features(torch.nn.functional.normalize(query, dim=1),
+                              torch.nn.functional.normalize(gallery, dim=1), q_ids, g_ids)
+    assert from_distances == chunked and from_distances["mAP"] != plain["mAP"]

@@ -19,9 +19,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import load_config  # noqa: E402
 from datasets import build_dataset  # noqa: E402
 from datasets.radiometry import ChipDecoder  # noqa: E402
+from processor.evaluator import ranking_distances  # noqa: E402
 from utils.cli import run_cli  # noqa: E402
 from utils.errors import ShipReIDError  # noqa: E402
-from utils.metrics import squared_euclidean  # noqa: E402
 from utils.ranked_list import draw_ranked_lists  # noqa: E402
 
 
@@ -43,12 +43,11 @@ def main(argv=None) -> str:
         raise ShipReIDError(f"{args.features}: its file names do not match protocol {protocol_name} under "
                             f"{cfg.DATASETS.ROOT_DIR}; pass the DATASETS.ROOT_DIR the features were computed on")
     feats = torch.from_numpy(saved["feats"])
-    if cfg.TEST.FEAT_NORM:
-        feats = torch.nn.functional.normalize(feats, dim=1)
     num_query = int(saved["num_query"])
     decoder = ChipDecoder.from_config(cfg)
-    path = draw_ranked_lists(protocol.query, protocol.gallery, squared_euclidean(feats[:num_query], feats[num_query:]),
-                             lambda r: decoder(r.path, r.modality)[0], args.out, args.queries, args.topk)
+    dist = ranking_distances(cfg.TEST, feats[:num_query], feats[num_query:])  # as test.py ranks (AQE, re-ranking)
+    path = draw_ranked_lists(protocol.query, protocol.gallery, dist, lambda r: decoder(r.path, r.modality)[0],
+                             args.out, args.queries, args.topk)
     print(f"wrote {path}")
     return path
 
