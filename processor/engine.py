@@ -1,6 +1,7 @@
 """The one training loop shared by train.py and train_pair.py; the periphery lives in hooks."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import signal
@@ -160,10 +161,14 @@ class Trainer:
         batch["image"] = unwrap(self.model).normalizer(batch["image"])
         if boxes is not None:
             batch["image"] = apply_erasing(batch["image"], boxes)
-        with autocast_context(self.cfg.SOLVER.AMP, self.device):
-            outputs = self.model(batch)
-            losses = self.criterion(outputs, batch)
-        self.step_wrapper.backward(losses["total"], boundary, group_size)
+        # inside an accumulation group DDP keeps gradients local: one all-reduce per optimizer step, not per batch
+        local = self.model.no_sync() if not boundary and isinstance(self.model, DistributedDataParallel) \
+            else contextlib.nullcontext()
+        with local:
+            with autocast_context(self.cfg.SOLVER.AMP, self.device):
+                outputs = self.model(batch)
+                losses = self.criterion(outputs, batch)
+            self.step_wrapper.backward(losses["total"], boundary, group_size)
         self.optimizer_steps += int(boundary)
         # kept on the device: reading them (check_finite, logging) is the only host synchronisation
         self.last_losses = {name: value.detach() for name, value in losses.items()}

@@ -29,8 +29,10 @@ def run(script: str, args: list[str], nproc: int, threads: int | None = None) ->
 
 
 # SDF-Net's structure loss and MOS's CMAL pair images of one identity: they see the gathered global batch too
-@pytest.mark.parametrize("recipe,overrides", [("transoss", []), ("sdfnet", ["MODEL.SDF.STRUCT_LAYER", "1"]),
-                                              ("mos", [])])
+# with gradient accumulation each rank keeps its gradients local inside a group (DDP no_sync) and all-reduces once
+@pytest.mark.parametrize("recipe,overrides", [
+    pytest.param("transoss", [], id="transoss"), pytest.param("sdfnet", ["MODEL.SDF.STRUCT_LAYER", "1"], id="sdfnet"),
+    pytest.param("mos", [], id="mos"), pytest.param("transoss", ["SOLVER.ACCUM_STEPS", "2"], id="transoss-accum2")])
 def test_two_process_training_matches_one_process(hoss_root, tmp_path, recipe, overrides):
     base = ["--config_file", f"configs/hoss/{recipe}.yml", "DATASETS.ROOT_DIR", hoss_root, *DETERMINISTIC_RUN,
             *overrides, "SOLVER.EVAL_PERIOD", "0"]
