@@ -137,10 +137,10 @@ _C.DATALOADER = CN()
 _C.DATALOADER.NUM_WORKERS = 4
 # What a training run does with an image that cannot be used (unreadable, wrong format, all-zero SAR...):
 # "error" stops before the first step naming the file; "skip" leaves it out and lists it in the log
-# (never substitutes another image). Every training image is decoded once before training starts.
+# (never substitutes another image). Every training and test image is decoded once before work starts.
 _C.DATALOADER.ON_BAD_IMAGE = "error"
-# Keep the decoded 8-bit chips of that first pass in memory; caching stops, with a warning, once
-# CACHE_MAX_GB of pixels are held.
+# Keep the decoded 8-bit chips of that first pass in memory (training and test images, each set up to
+# CACHE_MAX_GB of pixels; past it, caching stops with a warning).
 _C.DATALOADER.CACHE_IMAGES = True
 _C.DATALOADER.CACHE_MAX_GB = 8.0
 # Training batches: "pk" (official: P identities x K images) or "pk_modality" (K/2 optical + K/2 SAR

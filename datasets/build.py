@@ -33,10 +33,11 @@ def screen(cfg, records, decoder) -> tuple[list[ChipRecord], dict]:
     return screen_records(records, decoder, cfg.DATALOADER.ON_BAD_IMAGE, cache_bytes)
 
 
-def build_test_loader(cfg, records: list[ChipRecord]) -> DataLoader:
-    """Test images are read once per evaluation, so they are not cached."""
+def build_test_loader(cfg, records: list[ChipRecord], cache: dict | None = None) -> DataLoader:
+    """`cache`: decoded chips kept by the evaluator's screening pass (path -> pixels, size), read instead of the
+    files."""
     dataset = ChipDataset(records, ChipDecoder.from_config(cfg), ShipSizeEncoder.from_config(cfg),
-                          build_test_transform(cfg))
+                          build_test_transform(cfg), cache=cache)
     workers = cfg.DATALOADER.NUM_WORKERS
     return DataLoader(dataset, batch_size=cfg.TEST.IMS_PER_BATCH, shuffle=False, num_workers=workers,
                       persistent_workers=False, pin_memory=False)

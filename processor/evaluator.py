@@ -40,12 +40,15 @@ def _image_key(record: ChipRecord) -> tuple[str, int]:
 
 class Evaluator:
     """Test images are checked (decoded) once at construction, so a bad file stops the run before any
-    training or embedding; with DATALOADER.ON_BAD_IMAGE skip it leaves the protocols instead."""
+    training or embedding; with DATALOADER.ON_BAD_IMAGE skip it leaves the protocols instead. With
+    DATALOADER.CACHE_IMAGES the decoded chips stay in memory (up to CACHE_MAX_GB) for every evaluation."""
 
     def __init__(self, cfg, protocols: list[Protocol]):
         self.cfg = cfg
         unique = {r.path: r for p in protocols for r in p.query + p.gallery}
-        usable, _ = screen_records(list(unique.values()), ChipDecoder.from_config(cfg), cfg.DATALOADER.ON_BAD_IMAGE)
+        cache_bytes = cfg.DATALOADER.CACHE_MAX_GB * 2 ** 30 if cfg.DATALOADER.CACHE_IMAGES else 0.0
+        usable, self.cache = screen_records(list(unique.values()), ChipDecoder.from_config(cfg),
+                                            cfg.DATALOADER.ON_BAD_IMAGE, cache_bytes)
         keep = {r.path for r in usable}
         self.protocols = [Protocol(p.name, [r for r in p.query if r.path in keep],
                                    [r for r in p.gallery if r.path in keep], p.derived) for p in protocols]
@@ -86,7 +89,8 @@ class Evaluator:
     def extract(self, model, device) -> torch.Tensor:
         """Features of every unique test image (row order of self.records), fused with their pseudo-SAR
         chips' when TEST.FUSION.CACHE_DIR is set."""
-        feats = self._embed(model, device, lambda rows: build_test_loader(self.cfg, [self.records[i] for i in rows]),
+        feats = self._embed(model, device,
+                            lambda rows: build_test_loader(self.cfg, [self.records[i] for i in rows], self.cache),
                             len(self.records), "embed")
         if self.cfg.TEST.FUSION.CACHE_DIR:
             feats = self.fuse(model, device, feats)
