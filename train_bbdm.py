@@ -45,7 +45,10 @@ def build_bbdm_trainer(cfg, device, logger) -> Trainer:
     logger.info("BBDM UNet: %.2f M parameters", sum(p.numel() for p in model.unet.parameters()) / 1e6)
     if cfg.BBDM.PRETRAIN_PATH:
         load_translator_weights(model, cfg.BBDM.PRETRAIN_PATH)
-    criterion, optimizer, writer = training_parts(cfg, model.to(device), device)
+    model.to(device)
+    if cfg.MODEL.COMPILE:  # the trained UNet only: sampling (EMA copy) stays eager, so caches stay bit-stable
+        model.unet.compile()
+    criterion, optimizer, writer = training_parts(cfg, model, device)
     export = CheckpointHook(cfg.SOLVER.CHECKPOINT_PERIOD, cfg.OUTPUT_DIR,
                             final_exports=[lambda t: [export_translator(unwrap(t.model), cfg.OUTPUT_DIR)]])
     return Trainer(cfg, wrap_ddp(model, device), criterion, optimizer, CosineWarmupScheduler(optimizer, cfg),

@@ -37,7 +37,8 @@ _C.MODEL.MIE = True
 _C.MODEL.MIE_COE = 3.0
 # Ship size embedding (SSE): the size vector projected to one extra token appended last.
 _C.MODEL.SSE = True
-# torch.compile the backbone (faster steps on GPU after a compilation warm-up).
+# torch.compile the ReID backbone (train.py, train_pair.py) or the BBDM UNet being trained (train_bbdm.py):
+# faster steps on GPU after a compilation warm-up.
 _C.MODEL.COMPILE = False
 # Initialisation weights (ImageNet ViT, contrastive TransOSS backbone, or a pretraining checkpoint).
 # Empty = random initialisation. The layout is detected from the keys; nothing is downloaded.

@@ -32,9 +32,13 @@ def random_pairs(cfg, pairs: int, device) -> dict:
 
 def bench_train(args, cfg, device) -> dict:
     model = build_translator(cfg).to(device).train()
+    batch = random_pairs(cfg, args.pairs, device)
+    # counted on the eager model: FLOP counting does not see inside compiled graphs
+    flops = 3 * forward_flops(model, batch) if device.type == "cuda" else 0.0  # forward + backward
+    if cfg.MODEL.COMPILE:
+        model.unet.compile()  # as train_bbdm.py does
     optimizer = torch.optim.AdamW(model.unet.parameters(), lr=cfg.SOLVER.BASE_LR,
                                   fused=device.type == "cuda" or None)
-    batch = random_pairs(cfg, args.pairs, device)
 
     def step():
         with autocast_context(cfg.SOLVER.AMP, device):
@@ -44,11 +48,11 @@ def bench_train(args, cfg, device) -> dict:
         optimizer.zero_grad(set_to_none=True)
 
     seconds = timed(step, args.warmup, args.steps, device)
-    figures = {"mode": "train", "pairs": args.pairs, "step_seconds": seconds, "pairs_per_second": args.pairs / seconds,
+    figures = {"mode": "train", "pairs": args.pairs, "compiled": cfg.MODEL.COMPILE, "step_seconds": seconds,
+               "pairs_per_second": args.pairs / seconds,
                "unet_parameters_m": sum(p.numel() for p in model.unet.parameters()) / 1e6,
                "peak_memory_gib": peak_memory_gib(device)}
     if device.type == "cuda":
-        flops = 3 * forward_flops(model, batch)  # forward + backward (2x forward)
         figures.update(mfu_figures(flops, seconds, device, args.peak_tflops))
     return figures
 

@@ -2,7 +2,7 @@
 # The GPU figures that issues 4 and 6 ask for, in one run (a few minutes on one H100/H200):
 #   ReID train step, ViT-B/16 at 256x128, batch 64, bf16: eager and torch.compile (images/s, MFU)
 #   ReID feature extraction, batch 256, bf16; ranking + metrics, 10,000 x 100,000 x 768 on the GPU
-#   BBDM (configs/bbdm/hoss.yml): training pairs/s and MFU, generation seconds per optical chip
+#   BBDM (configs/bbdm/hoss.yml): training pairs/s and MFU (eager and compiled), generation seconds per chip
 #   the CUDA-only tests (tests/test_bbdm.py)
 #
 #   tools/gpu_checks.sh [OUT_DIR]          JSON per figure and a log in OUT_DIR (default gpu_figures/)
@@ -63,6 +63,8 @@ check infer_bf16 "$py" tools/benchmark.py --mode infer "${infer[@]}" --json "$ou
 check eval "$py" tools/benchmark.py --mode eval "${evals[@]}" --json "$out/eval.json" MODEL.DEVICE $device
 check bbdm_train "$py" tools/benchmark_bbdm.py --config_file configs/bbdm/hoss.yml --mode train "${bbdm[@]}" \
     --json "$out/bbdm_train.json" MODEL.DEVICE $device "${bbdm_tiny[@]}"
+check bbdm_train_compile "$py" tools/benchmark_bbdm.py --config_file configs/bbdm/hoss.yml --mode train "${bbdm[@]}" \
+    --json "$out/bbdm_train_compile.json" MODEL.DEVICE $device MODEL.COMPILE True "${bbdm_tiny[@]}"
 check bbdm_sample "$py" tools/benchmark_bbdm.py --config_file configs/bbdm/hoss.yml --mode sample "${bbdm[@]}" \
     --json "$out/bbdm_sample.json" MODEL.DEVICE $device "${bbdm_tiny[@]}"
 check cuda_tests "$py" -m pytest -q -rs tests/test_bbdm.py -k cuda
