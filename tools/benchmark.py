@@ -25,6 +25,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import add_config_args, load_config, parse_args  # noqa: E402
+from utils.cli import run_cli  # noqa: E402
 from utils.device import resolve_device  # noqa: E402
 from utils.metrics import evaluate_features, squared_euclidean  # noqa: E402
 
@@ -287,4 +288,4 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -20,6 +20,7 @@ from configs import add_config_args, load_config, parse_args  # noqa: E402
 from model.bbdm.translator import build_translator  # noqa: E402
 from processor.optim_step import autocast_context  # noqa: E402
 from tools.benchmark import forward_flops, mfu_figures, peak_memory_gib, report, timed  # noqa: E402
+from utils.cli import run_cli  # noqa: E402
 from utils.device import resolve_device  # noqa: E402
 
 
@@ -90,4 +91,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)
