@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import ast
 import os
+import re
 from typing import Any, Iterable
 
 import yaml
@@ -76,7 +77,7 @@ def _read_yaml(path: str, seen: tuple = ()) -> list[tuple[str, dict]]:
         raise ConfigError(f"config file not found: {path}")
     with open(path) as f:
         try:
-            data = yaml.safe_load(f) or {}
+            data = _load_yaml(f) or {}
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(data, dict):
@@ -88,6 +89,22 @@ def _read_yaml(path: str, seen: tuple = ()) -> list[tuple[str, dict]]:
     return chain + [(path, data)]
 
 
+class _ConfigYamlLoader(yaml.SafeLoader):
+    """YAML 1.2 booleans: only true/false. YAML 1.1 also reads on/off/yes/no as booleans, which would turn
+    `AMP: off` or `DFL: off` (string keys whose value is the word "off") into False."""
+
+
+_ConfigYamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_ConfigYamlLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                        list("tTfF"))
+
+
+def _load_yaml(text) -> Any:
+    return yaml.load(text, Loader=_ConfigYamlLoader)
+
+
 def _parse_override(text: str) -> Any:
     """A Python literal (`5e-4`, `['id', 'triplet']`), a YAML flow list (`[id,triplet]`), or the text."""
     try:
@@ -96,7 +113,7 @@ def _parse_override(text: str) -> Any:
         pass
     if text.strip().startswith("["):
         try:
-            return yaml.safe_load(text)
+            return _load_yaml(text)
         except yaml.YAMLError:
             pass
     return text

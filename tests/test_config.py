@@ -134,6 +134,18 @@ def test_wrong_type_names_the_key(tmp_path):
         load_config(group)
 
 
+def test_yaml_off_is_the_word_not_a_boolean(tmp_path):
+    """YAML 1.1 would read `off` / `no` as False; config files use YAML 1.2 booleans (true/false only), so the
+    string keys whose value is the word "off" can be written unquoted, and a bool key given `no` is refused."""
+    path = tmp_path / "c.yml"
+    path.write_text("SOLVER:\n  AMP: off\nMODEL:\n  SSE: false\n  SDF:\n    DFL: off\n")
+    cfg = load_config(str(path))
+    assert cfg.SOLVER.AMP == "off" and cfg.MODEL.SDF.DFL == "off" and cfg.MODEL.SSE is False
+    path.write_text("MODEL:\n  SSE: no\n")
+    with pytest.raises(ConfigError, match=r"MODEL.SSE must be a bool like True, got 'no'"):
+        load_config(str(path))
+
+
 def test_odd_number_of_overrides():
     with pytest.raises(ConfigError, match="KEY VALUE"):
         load_config(None, ["MODEL.DEPTH", "3", "MODEL.SSE"])
