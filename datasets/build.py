@@ -28,7 +28,7 @@ def build_dataset(cfg):
 
 
 def screen(cfg, records, decoder) -> tuple[list[ChipRecord], dict]:
-    """Training (or pair) images decoded once up front (DATALOADER.ON_BAD_IMAGE, CACHE_IMAGES, CACHE_MAX_GB)."""
+    """Training, pair or test images decoded once up front (DATALOADER.ON_BAD_IMAGE, CACHE_IMAGES, CACHE_MAX_GB)."""
     cache_bytes = cfg.DATALOADER.CACHE_MAX_GB * 2 ** 30 if cfg.DATALOADER.CACHE_IMAGES else 0.0
     return screen_records(records, decoder, cfg.DATALOADER.ON_BAD_IMAGE, cache_bytes)
 

@@ -13,11 +13,11 @@ from tqdm import tqdm
 from torch.utils.data import DataLoader
 
 from datasets import build_test_loader
+from datasets.build import screen
 from datasets.hoss import Protocol
 from datasets.pseudo_sar import PseudoSarDataset, read_entry
 from datasets.radiometry import ChipDecoder
 from datasets.records import OPTICAL, ChipRecord
-from datasets.screening import screen_records
 from datasets.ship_size import ShipSizeEncoder
 from datasets.transforms import build_test_transform
 from utils.device import move_batch
@@ -46,9 +46,7 @@ class Evaluator:
     def __init__(self, cfg, protocols: list[Protocol]):
         self.cfg = cfg
         unique = {r.path: r for p in protocols for r in p.query + p.gallery}
-        cache_bytes = cfg.DATALOADER.CACHE_MAX_GB * 2 ** 30 if cfg.DATALOADER.CACHE_IMAGES else 0.0
-        usable, self.cache = screen_records(list(unique.values()), ChipDecoder.from_config(cfg),
-                                            cfg.DATALOADER.ON_BAD_IMAGE, cache_bytes)
+        usable, self.cache = screen(cfg, list(unique.values()), ChipDecoder.from_config(cfg))
         keep = {r.path for r in usable}
         self.protocols = [Protocol(p.name, [r for r in p.query if r.path in keep],
                                    [r for r in p.gallery if r.path in keep], p.derived) for p in protocols]
