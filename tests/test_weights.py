@@ -1,6 +1,6 @@
 """model.weights: every checkpoint layout a TransOSS user meets, built with the REAL official key names.
 
-The official key list (../shared/data/golden/official_keys_transoss_vitb.txt, the layout of the released
+The official key list (tests/data/golden/official_keys_transoss_vitb.txt, the layout of the released
 fine-tuned ViT-B checkpoint) is parsed here, cut to blocks 0-1 and scaled to the tiny model (width 48,
 qkv 144, MLP 192; the dead ImageNet head keeps its 1000 rows, the classifier its 21), filled with random
 tensors and saved; then every tensor must land in the right place of the shipreid model.
