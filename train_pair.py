@@ -23,9 +23,8 @@ def build_pair_trainer(cfg, device, logger) -> Trainer:
                             "use configs/pretrain/transoss.yml")
     loader = build_pair_loader(cfg, rank(), world_size())
     logger.info("%d optical-SAR pairs, %d pairs per batch", len(loader.dataset), cfg.SOLVER.IMS_PER_BATCH // 2)
-    model = build_model(cfg)
-    model.neck.requires_grad_(False)  # pretraining trains and exports the backbone only
-    model, criterion, optimizer, writer = prepare_training(cfg, model, device, logger)
+    # the backbone alone: like the official pair branch, pretraining never runs a BN neck or a classifier
+    model, criterion, optimizer, writer = prepare_training(cfg, build_model(cfg, with_neck=False), device, logger)
     export = CheckpointHook(cfg.SOLVER.CHECKPOINT_PERIOD, cfg.OUTPUT_DIR, final_exports=[
         lambda t: [export_backbone(unwrap(t.model), cfg.OUTPUT_DIR, "backbone_final")]])
     return Trainer(cfg, wrap_ddp(model, device), criterion, optimizer, CosineWarmupScheduler(optimizer, cfg),

@@ -37,6 +37,10 @@ _C.MODEL.MIE = True
 _C.MODEL.MIE_COE = 3.0
 # Ship size embedding (SSE): the size vector projected to one extra token appended last.
 _C.MODEL.SSE = True
+# Attention through torch's fused scaled-dot-product kernel (faster, less memory). False computes
+# softmax(q k^T / sqrt(d)) v step by step as the official code does: the same maths summed in another order, for
+# bit-level parity checks against the official code (docs/parity.md).
+_C.MODEL.FUSED_ATTENTION = True
 # torch.compile the ReID backbone (train.py, train_pair.py) or the BBDM UNet being trained (train_bbdm.py):
 # faster steps on GPU after a compilation warm-up.
 _C.MODEL.COMPILE = False
@@ -81,7 +85,8 @@ _C.LOSS.TRIPLET_MARGIN = 0.0
 # Under DDP, compute the triplet and InfoNCE losses on the batch gathered from every rank (hard
 # negatives and contrastive negatives from the whole global batch), as one process would.
 _C.LOSS.GATHER_ACROSS_RANKS = True
-# Symmetric InfoNCE: initial temperature (official 0.07) and the cap on the learned logit scale.
+# Symmetric InfoNCE: initial temperature (official 0.07) and the cap on the learned scale exp(logit_scale), kept
+# in [1, INFONCE_MAX_SCALE] as in CLIP; 0 = unclamped (the official TransOSS pretraining, docs/parity.md).
 _C.LOSS.INFONCE_TEMPERATURE = 0.07
 _C.LOSS.INFONCE_MAX_SCALE = 100.0
 # MOS CMAL: False = the released code's Euclidean norms of the mean and variance gaps, True = the
@@ -171,7 +176,10 @@ _C.SOLVER.WARMUP_FACTOR = 0.01
 _C.SOLVER.MIN_LR_FACTOR = 0.002
 # Global batch in images (pretraining: 2 x pairs). Split evenly across DDP ranks.
 _C.SOLVER.IMS_PER_BATCH = 32
-# Mixed precision: "off", "bf16" or "fp16" (fp16 uses a gradient scaler and needs a GPU).
+# Mixed precision: "off", "bf16" or "fp16" (the official recipes). fp16 scales the loss (GradScaler): a step with
+# non-finite gradients is skipped and the scale halved (counted in the log as "skipped steps"); the run stops
+# only once the scale falls below 1. fp16 also runs on the CPU, slowly: for checking the GPU recipe.
+# off and bf16 stop the run at a non-finite loss.
 _C.SOLVER.AMP = "off"
 # Optimizer step every ACCUM_STEPS batches (on the mean gradient of the group; an epoch's last group may be
 # shorter); gradient norm clipped to CLIP_GRAD_NORM (0 = off).

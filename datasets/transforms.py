@@ -35,18 +35,30 @@ class ResizeToTensor:
 _JITTERS = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation)
 
 
-def color_jitter(image: torch.Tensor, strength: float, rng: np.random.Generator) -> torch.Tensor:
-    """Brightness, contrast and saturation, each by a factor from [1 - s, 1 + s], in a random order
-    (torchvision's ColorJitter(s, s, s) with the factors drawn from the item's generator)."""
+def draw_jitter(strength: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(brightness, contrast, saturation factors from [1 - s, 1 + s], the order to apply them in)."""
     factors = rng.uniform(max(0.0, 1 - strength), 1 + strength, size=len(_JITTERS))
-    for index in rng.permutation(len(_JITTERS)):
+    return factors, rng.permutation(len(_JITTERS))
+
+
+def apply_jitter(image: torch.Tensor, factors: np.ndarray, order: np.ndarray) -> torch.Tensor:
+    for index in order:
         image = _JITTERS[index](image, float(factors[index]))
     return image
 
 
+def color_jitter(image: torch.Tensor, strength: float, rng: np.random.Generator) -> torch.Tensor:
+    """Brightness, contrast and saturation, each by a factor from [1 - s, 1 + s], in a random order
+    (torchvision's ColorJitter(s, s, s) with the factors drawn from the item's generator)."""
+    return apply_jitter(image, *draw_jitter(strength, rng))
+
+
 class TrainTransform:
     """Official training geometry: bicubic resize, horizontal flip, (colour jitter,) zero padding, random
-    crop; plus the random-erasing box that the device fills after normalisation (`erase_box`)."""
+    crop; plus the random-erasing box that the device fills after normalisation (`erase_box`).
+
+    `__call__` draws the flip, the jitter and the crop offsets from the item's generator, in that order;
+    `apply` runs the pipeline on given draws (the parity test feeds it the official code's flip and crop)."""
 
     def __init__(self, size, flip_prob: float, padding: int, erase_prob: float, jitter: float = 0.0):
         self.resize = ResizeToTensor(size, Image.BICUBIC)
@@ -56,15 +68,22 @@ class TrainTransform:
         return torch.tensor(draw_box(rng, self.erase_prob, self.resize.height, self.resize.width))
 
     def __call__(self, array: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+        flip = bool(rng.random() < self.flip_prob)
+        jitter = draw_jitter(self.jitter, rng) if self.jitter else None
+        top, left = rng.integers(0, 2 * self.padding + 1, size=2) if self.padding else (0, 0)
+        return self.apply(array, flip, int(top), int(left), jitter)
+
+    def apply(self, array: np.ndarray, flip: bool, top: int = 0, left: int = 0, jitter=None) -> torch.Tensor:
+        """Resize, flip if `flip`, jitter (`draw_jitter`'s factors and order), pad, and crop at (`top`, `left`)
+        of the padded image (offsets in [0, 2 * INPUT.PADDING])."""
         image = self.resize(array)
-        if rng.random() < self.flip_prob:
+        if flip:
             image = image.flip(-1)
-        if self.jitter:
-            image = color_jitter(image, self.jitter, rng)
+        if jitter is not None:
+            image = apply_jitter(image, *jitter)
         if self.padding:
             p = self.padding
             image = torch.nn.functional.pad(image, (p, p, p, p))
-            top, left = rng.integers(0, 2 * p + 1, size=2)
             image = image[:, top:top + self.resize.height, left:left + self.resize.width]
         return image.contiguous()
 

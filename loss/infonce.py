@@ -11,17 +11,19 @@ from torch import nn
 class SymmetricInfoNCE(nn.Module):
     """L = (CE(t S O^T, I) + CE(t O S^T, I)) / 2 over L2-normalised SAR (S) and optical (O) features.
 
-    t = exp(logit_scale), learned, initialised at 1 / temperature and clamped to [1, max_scale].
+    t = exp(logit_scale), learned, initialised at 1 / temperature and clamped to [1, max_scale] as CLIP does
+    (max_scale 0: unclamped, the official TransOSS pretraining).
     """
 
     def __init__(self, temperature: float = 0.07, max_scale: float = 100.0):
         super().__init__()
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)))
-        self.max_log_scale = math.log(max_scale)
+        self.max_log_scale = math.log(max_scale) if max_scale > 0 else None
 
     def forward(self, optical: torch.Tensor, sar: torch.Tensor) -> torch.Tensor:
         optical, sar = F.normalize(optical.float(), dim=1), F.normalize(sar.float(), dim=1)
-        scale = self.logit_scale.clamp(0.0, self.max_log_scale).exp()
+        log_scale = self.logit_scale if self.max_log_scale is None else self.logit_scale.clamp(0.0, self.max_log_scale)
+        scale = log_scale.exp()
         logits = scale * sar @ optical.t()
         targets = torch.arange(len(logits), device=logits.device)
         return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets)) / 2

@@ -17,7 +17,7 @@ def build_transoss_backbone(cfg) -> TransOSSBackbone:
         img_size=cfg.INPUT.SIZE_TRAIN, patch_size=m.PATCH_SIZE, stride=m.STRIDE_SIZE, embed_dim=m.EMBED_DIM,
         depth=m.DEPTH, num_heads=m.NUM_HEADS, mlp_ratio=m.MLP_RATIO, drop_path=m.DROP_PATH,
         drop_out=m.DROP_OUT, attn_drop=m.ATT_DROP_RATE, dual_patch_embed=m.DUAL_PATCH_EMBED, mie=m.MIE,
-        mie_coe=m.MIE_COE, sse=m.SSE, spec_token=cfg.MODEL.SDF.DFL == "tokens")
+        mie_coe=m.MIE_COE, sse=m.SSE, spec_token=cfg.MODEL.SDF.DFL == "tokens", fused_attention=m.FUSED_ATTENTION)
 
 
 def build_head(cfg):
@@ -28,8 +28,9 @@ def build_head(cfg):
     return DisentangledHead(cfg.MODEL.EMBED_DIM, cfg.MODEL.SDF.DFL, cfg.MODEL.SDF.FUSION)
 
 
-def build_model(cfg, num_classes: int = 0) -> ReIDModel:
-    """The ReID model; `num_classes` > 0 adds the identity classifier (training only)."""
+def build_model(cfg, num_classes: int = 0, with_neck: bool = True) -> ReIDModel:
+    """The ReID model; `num_classes` > 0 adds the identity classifier (training only); `with_neck=False` leaves
+    out the BN neck (contrastive pretraining trains the backbone alone)."""
     backbone = BACKBONES.get(cfg.MODEL.NAME, "MODEL.NAME")(cfg)
     return ReIDModel(backbone, build_head(cfg), num_classes, cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD,
-                     sync_bn=cfg.MODEL.SYNC_BN, struct_layer=cfg.MODEL.SDF.STRUCT_LAYER)
+                     sync_bn=cfg.MODEL.SYNC_BN, struct_layer=cfg.MODEL.SDF.STRUCT_LAYER, with_neck=with_neck)

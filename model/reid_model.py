@@ -58,12 +58,15 @@ class ReIDModel(nn.Module):
     """outputs = {"feat": pre-neck feature, "feat_bn": after the neck, "logits": in training}, plus what the
     head adds (SDF-Net: "feat_shared", "feat_specific") and, with a structure tap, "structure".
 
+    `with_neck=False` (contrastive pretraining): no BN neck and no classifier; only "feat" (and the head's
+    outputs). The official pretraining never calls the neck either, so nothing unused runs or changes.
+
     batch["image"] is uint8 (normalised here) or float that is already normalised (training batches
     after on-device augmentation).
     """
 
     def __init__(self, backbone: nn.Module, head: nn.Module, num_classes: int, pixel_mean, pixel_std,
-                 sync_bn: bool = False, struct_layer: int = 0):
+                 sync_bn: bool = False, struct_layer: int = 0, with_neck: bool = True):
         super().__init__()
         self.normalizer = PixelNormalizer(pixel_mean, pixel_std)
         self.backbone = backbone
@@ -72,7 +75,9 @@ class ReIDModel(nn.Module):
             raise ShipReIDError(f"MODEL.SDF.STRUCT_LAYER {struct_layer} must be between 0 (off) and MODEL.DEPTH "
                                 f"{len(backbone.blocks)}")
         self.struct_layer = struct_layer
-        self.neck = BNNeck(head.out_dim, sync=sync_bn)
+        if num_classes > 0 and not with_neck:
+            raise ValueError("an identity classifier reads the BN neck's output: build it with with_neck=True")
+        self.neck = BNNeck(head.out_dim, sync=sync_bn) if with_neck else None
         self.classifier = None
         if num_classes > 0:
             self.classifier = nn.Linear(head.out_dim, num_classes, bias=False)
@@ -86,7 +91,8 @@ class ReIDModel(nn.Module):
         tap = self.struct_layer if self.training else 0
         tokens, patch_map = self.backbone(images, batch["modality"], batch["size"], tap)
         outputs = self.head(tokens)
-        outputs["feat_bn"] = self.neck(outputs["feat"])
+        if self.neck is not None:
+            outputs["feat_bn"] = self.neck(outputs["feat"])
         if patch_map is not None:
             outputs["structure"] = structure_descriptor(patch_map)
         if self.training and self.classifier is not None:
@@ -99,6 +105,8 @@ class ReIDModel(nn.Module):
         the mean of the image's and its left-right mirror's features."""
         if neck_feat not in NECK_FEATS:
             raise ShipReIDError(f"TEST.NECK_FEAT must be one of {NECK_FEATS}, got {neck_feat!r}")
+        if neck_feat == "after" and self.neck is None:
+            raise ShipReIDError("TEST.NECK_FEAT after: this model has no BN neck (a pretraining backbone); use before")
         key = "feat" if neck_feat == "before" else "feat_bn"
         feat = self.forward(batch)[key]
         if flip:

@@ -26,7 +26,7 @@ class TransOSSBackbone(VisionTransformer):
 
     def __init__(self, img_size=(256, 128), patch_size=16, stride=(16, 16), embed_dim=768, depth=12,
                  num_heads=12, mlp_ratio=4.0, drop_path=0.1, drop_out=0.0, attn_drop=0.0,
-                 dual_patch_embed=True, mie=True, mie_coe=3.0, sse=True, spec_token=False):
+                 dual_patch_embed=True, mie=True, mie_coe=3.0, sse=True, spec_token=False, fused_attention=True):
         super().__init__(
             img_size=tuple(img_size), patch_size=patch_size, embed_dim=embed_dim, depth=depth,
             num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=True, num_classes=0, global_pool="token",
@@ -48,6 +48,13 @@ class TransOSSBackbone(VisionTransformer):
             self.mie_embed = nn.Parameter(torch.zeros(NUM_MODALITIES, 1, embed_dim))
             trunc_normal_(self.mie_embed, std=0.02)
         self.size_embed = SizeEmbed(embed_dim) if sse else None
+        self.set_fused_attention(fused_attention)
+
+    def set_fused_attention(self, enabled: bool) -> None:
+        """torch's fused scaled-dot-product attention (True) or timm's explicit softmax(q k^T) v, the official
+        code's arithmetic (False): the same maths, summed in another order (see docs/parity.md)."""
+        for block in self.blocks:
+            block.attn.fused_attn = enabled
 
     @property
     def grid_size(self) -> tuple[int, int]:

@@ -9,6 +9,8 @@ Layouts (detected from the keys, after unwrapping `model`/`state_dict` and strip
   official_backbone official contrastive backbone (`vit_b512_pre.pth`): TransOSS names, no prefix
   imagenet_vit      ImageNet ViT (timm's old `.pth`, the `jx_` file, current timm `.pth`/`.safetensors`)
 The mapper (`checkpoint_filter_fn`) turns any of them into this project's names; `to_official` goes back.
+The official `logit_scale` (the learned InfoNCE temperature) is mapped to `loss.logit_scale`: `load_weights`
+puts it into the loss that has one (contrastive pretraining) and ignores it otherwise.
 """
 from __future__ import annotations
 
@@ -38,6 +40,8 @@ _OPTIONAL_AT_INIT = ("backbone.mie_embed", "backbone.size_embed.", "backbone.pat
 # SDF-Net's modality-specific class tokens, in modality order (OPTICAL, SAR), and our stacked parameter
 _OFFICIAL_SPEC_TOKENS = ("cls_token_spe_rgb", "cls_token_spe_sar")
 SPEC_TOKENS_KEY = "backbone.spec_tokens"
+# the official contrastive temperature (a parameter of the official model); ours lives in the InfoNCE loss
+LOGIT_SCALE_KEY = "loss.logit_scale"
 
 
 class WeightsError(ShipReIDError):
@@ -133,7 +137,7 @@ def checkpoint_filter_fn(state: dict, layout: str | None = None) -> tuple[dict, 
                 mapped[key] = value
                 continue
             elif key == "logit_scale":
-                ignored.append(key)  # contrastive temperature of pretraining; not part of the ReID model
+                mapped[LOGIT_SCALE_KEY] = value
                 continue
         if key.startswith(_DEAD_BACKBONE_PREFIXES):
             ignored.append(original)
@@ -196,13 +200,33 @@ def adapt_pos_embed(pos_embed: torch.Tensor, file_prefix: int, own_prefix: int,
     return pos_embed
 
 
+def _load_logit_scale(state: dict, loss, report: LoadReport) -> None:
+    """The file's contrastive temperature (official `logit_scale`) into `loss`'s own parameter, when the run
+    trains with one (an official raw pretraining checkpoint then resumes with its temperature)."""
+    value = state.pop(LOGIT_SCALE_KEY, None)
+    if value is None:
+        return
+    target = None if loss is None else next(
+        (p for name, p in loss.named_parameters() if name.split(".")[-1] == "logit_scale"), None)
+    if target is None:
+        report.ignored.append("logit_scale")
+        return
+    if value.numel() != 1:
+        raise WeightsError(f"{report.path}: logit_scale has shape {list(value.shape)}, expected a single value")
+    with torch.no_grad():
+        target.copy_(value.reshape(target.shape))
+    report.notes.append(f"logit_scale {float(value):.6g} loaded into the InfoNCE loss")
+
+
 def load_weights(model, path: str, mode: str = "full", strict: bool = True,
-                 file_grid: tuple[int, int] | list[int] | None = None) -> LoadReport:
+                 file_grid: tuple[int, int] | list[int] | None = None, loss=None) -> LoadReport:
     """Load `path` into a ReIDModel.
 
-    mode "init": backbone only (classifier, neck, temperature are skipped); MIE, the size token and the
-    SAR patch head may be absent (the SAR head is then copied from the optical one).
+    mode "init": backbone only (classifier and neck are skipped); MIE, the size token and the SAR patch head
+    may be absent (the SAR head is then copied from the optical one).
     mode "full": a complete trained model (backbone + neck); the classifier loads when its shape fits.
+    `loss`: the training loss; a contrastive temperature in the file (`logit_scale`) goes into its InfoNCE
+    term, and is ignored when there is no such term (or no loss).
     With `strict`, unexpected keys and shape mismatches raise; otherwise they are reported and skipped.
     `file_grid` (MODEL.WEIGHTS_GRID; empty or 0x0 = infer): the patch grid of the file's position embedding.
     """
@@ -212,6 +236,7 @@ def load_weights(model, path: str, mode: str = "full", strict: bool = True,
     layout = detect_layout(raw, path)
     state, ignored = checkpoint_filter_fn(raw, layout)
     report = LoadReport(path, layout, ignored=ignored)
+    _load_logit_scale(state, loss, report)
     own = model.state_dict()
     backbone = model.backbone
 
@@ -286,12 +311,12 @@ def _ours_to_official_backbone_key(key: str) -> str:
 
 def has_official_layout(state: dict) -> bool:
     """Whether `to_official` can express this shipreid state (the official code has no linear DFL heads)."""
-    return all(key.startswith(("backbone.", "neck.", "classifier.")) for key in state)
+    return all(key.startswith(("backbone.", "neck.", "classifier.")) or key == LOGIT_SCALE_KEY for key in state)
 
 
 def to_official(state: dict) -> dict:
-    """shipreid state dict -> the official full layout (`base.*`, `bottleneck.*`, `classifier.weight`); an
-    SDF-Net model (specific tokens) -> SDF-Net's (`cls_token_spe_{rgb,sar}`, `bottleneck_fuse.*`)."""
+    """shipreid state dict -> the official full layout (`base.*`, `bottleneck.*`, `classifier.weight`,
+    `logit_scale`); an SDF-Net model (specific tokens) -> SDF-Net's (`cls_token_spe_{rgb,sar}`, `bottleneck_fuse.*`)."""
     out = {}
     neck = "bottleneck_fuse." if SPEC_TOKENS_KEY in state else "bottleneck."
     for key, value in state.items():
@@ -304,6 +329,8 @@ def to_official(state: dict) -> dict:
             out[neck + key[len("neck."):]] = value
         elif key.startswith("classifier."):
             out[key] = value
+        elif key == LOGIT_SCALE_KEY:
+            out["logit_scale"] = value
         else:
             raise KeyError(f"{key} has no place in the official layout")
     return out

@@ -48,22 +48,24 @@ def run_training(argv, description: str, log_name: str, build_trainer):
 
 
 def prepare_training(cfg, model, device, logger):
-    """ReID models: initialisation weights, device, optional compile, then (model, *training_parts)."""
+    """ReID models: initialisation weights (the loss's too: a pretraining checkpoint's temperature), device,
+    optional compile, then (model, *training_parts)."""
+    criterion = build_loss(cfg)
     if cfg.MODEL.PRETRAIN_PATH:
         load_weights(model, cfg.MODEL.PRETRAIN_PATH, mode="init", strict=cfg.MODEL.STRICT_LOAD,
-                     file_grid=cfg.MODEL.WEIGHTS_GRID)
+                     file_grid=cfg.MODEL.WEIGHTS_GRID, loss=criterion)
     else:
         logger.info("MODEL.PRETRAIN_PATH is empty: training from random initialisation")
     model.to(device)
     if cfg.MODEL.COMPILE:
         model.backbone.compile()
-    return (model, *training_parts(cfg, model, device))
+    return (model, *training_parts(cfg, model, device, criterion))
 
 
-def training_parts(cfg, model, device):
+def training_parts(cfg, model, device, criterion=None):
     """(criterion, optimizer, TensorBoard writer) for a model already on its device: what every entry point
-    (train.py, train_pair.py, train_bbdm.py) trains with."""
-    criterion = build_loss(cfg).to(device)
+    (train.py, train_pair.py, train_bbdm.py) trains with. `criterion`: a loss already built (else built here)."""
+    criterion = (criterion if criterion is not None else build_loss(cfg)).to(device)
     return criterion, build_optimizer(cfg, model, criterion), setup_writer(cfg)
 
 

@@ -158,6 +158,15 @@ def test_symmetric_infonce_scale_is_clamped():
     assert loss_fn(OPTICAL, SARF).item() == pytest.approx(infonce_by_hand(20.0), abs=1e-5)
 
 
+def test_symmetric_infonce_unclamped_scale_is_used_as_is():
+    """LOSS.INFONCE_MAX_SCALE 0: the official pretraining's unclamped scale, outside CLIP's [1, 100] too."""
+    loss_fn = SymmetricInfoNCE(temperature=0.07, max_scale=0.0)
+    for scale in (1000.0, math.exp(-2.0), 20.0):
+        with torch.no_grad():
+            loss_fn.logit_scale.fill_(math.log(scale))
+        assert loss_fn(OPTICAL, SARF).item() == pytest.approx(infonce_by_hand(scale), abs=1e-5), scale
+
+
 def test_symmetric_infonce_temperature_gets_a_gradient():
     loss_fn = SymmetricInfoNCE(temperature=0.07)
     loss_fn(OPTICAL, SARF).backward()
