@@ -24,7 +24,14 @@ logger = logging.getLogger("shipreid.train")
 
 
 class TrainingDiverged(ShipReIDError):
-    """A loss became NaN or infinite."""
+    """A loss became NaN or infinite (fp32, bf16), or the fp16 loss scale collapsed."""
+
+
+# The fp16 loss scale starts at 2**16, halves on every step the scaler skips for non-finite gradients and
+# doubles only after 2000 clean steps in a row: below 1 it has halved 17 times more than it doubled (in practice
+# ~17 overflowing steps in a row), i.e. the gradients overflow fp16 even unscaled. That is a diverged run, not a
+# transient overflow.
+MIN_LOSS_SCALE = 1.0
 
 
 class TrainingInterrupted(Exception):
@@ -172,19 +179,34 @@ class Trainer:
         self.optimizer_steps += int(boundary)
         # kept on the device: reading them (check_finite, logging) is the only host synchronisation
         self.last_losses = {name: value.detach() for name, value in losses.items()}
-        self.nonfinite_steps += (~torch.isfinite(self.last_losses["total"])).int()
+        if self.step_wrapper.scaler is None:  # under fp16 the scaler skips such steps (check_loss_scale)
+            self.nonfinite_steps += (~torch.isfinite(self.last_losses["total"])).int()
 
     def check_finite(self) -> dict:
-        """Host copies of the last losses; raises if any step since the last check was non-finite.
+        """Host copies of the last losses; raises if any step since the last check was non-finite (fp32, bf16)
+        or the fp16 loss scale collapsed.
 
-        Called every LOG_PERIOD steps and before every checkpoint, so no diverged state is ever saved."""
+        Called every LOG_PERIOD steps and before every checkpoint, so no diverged state is ever saved (under
+        fp16 a non-finite step changed nothing: the scaler skipped it)."""
         values = {k: v.item() for k, v in self.last_losses.items()}
-        if int(self.nonfinite_steps) or not all(math.isfinite(v) for v in values.values()):
+        if self.step_wrapper.scaler is not None:
+            self.check_loss_scale()
+        elif int(self.nonfinite_steps) or not all(math.isfinite(v) for v in values.values()):
             raise TrainingDiverged(
                 f"non-finite loss by epoch {self.epoch}, iteration {self.iteration}: "
                 + ", ".join(f"{k}={v:.4g}" for k, v in values.items())
                 + "; lower SOLVER.BASE_LR, use SOLVER.AMP bf16/off, or set SOLVER.CLIP_GRAD_NORM")
         return values
+
+    def check_loss_scale(self) -> None:
+        """Raises once the fp16 loss scale fell below MIN_LOSS_SCALE (a host sync)."""
+        scale = self.step_wrapper.loss_scale()
+        if scale < MIN_LOSS_SCALE:
+            raise TrainingDiverged(
+                f"SOLVER.AMP fp16: the loss scale fell to {scale:g} (below {MIN_LOSS_SCALE:g}) by epoch {self.epoch}, "
+                f"iteration {self.iteration}, after {int(self.step_wrapper.skipped_steps)} optimizer steps skipped "
+                "for non-finite gradients: the gradients overflow fp16 even unscaled; lower SOLVER.BASE_LR or use "
+                "SOLVER.AMP bf16/off")
 
     @property
     def lr(self) -> float:

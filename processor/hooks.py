@@ -46,19 +46,31 @@ class ProgressHook(Hook):
             return
         losses = trainer.check_finite()
         self.bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()}, refresh=False)
+        amp = fp16_figures(trainer)
         if self.writer is not None:
             for name, value in losses.items():
                 self.writer.add_scalar(f"loss/{name}", value, trainer.global_step)
             self.writer.add_scalar("lr", trainer.lr, trainer.global_step)
+            for name, value in amp.items():
+                self.writer.add_scalar(f"amp/{name}", value, trainer.global_step)
         done = trainer.global_step - self.start_step
         per_step = (time.time() - self.start_time) / max(done, 1)
         remaining = (trainer.max_epochs - trainer.epoch + 1) * trainer.batches_in_epoch() - trainer.iteration
-        logger.info("epoch %d iter %d/%d  %s  lr %.2e  %.3f s/it  eta %s", trainer.epoch, trainer.iteration,
-                    trainer.batches_in_epoch(), "  ".join(f"{k} {v:.4f}" for k, v in losses.items()),
-                    trainer.lr, per_step, _hms(per_step * remaining))
+        logger.info("epoch %d iter %d/%d  %s  lr %.2e%s  %.3f s/it  eta %s", trainer.epoch, trainer.iteration,
+                    trainer.batches_in_epoch(), "  ".join(f"{k} {v:.4f}" for k, v in losses.items()), trainer.lr,
+                    "".join(f"  {k.replace('_', ' ')} {v:g}" for k, v in amp.items()), per_step,
+                    _hms(per_step * remaining))
 
     def after_epoch(self, trainer):
         self.bar.close()
+
+
+def fp16_figures(trainer) -> dict:
+    """The fp16 loss scale and the optimizer steps the scaler skipped so far (a host sync); {} without fp16."""
+    scale = trainer.step_wrapper.loss_scale()
+    if scale is None:
+        return {}
+    return {"loss_scale": scale, "skipped_steps": int(trainer.step_wrapper.skipped_steps)}
 
 
 def _hms(seconds: float) -> str:

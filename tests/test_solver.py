@@ -264,8 +264,9 @@ def test_frozen_parameters_are_skipped():
 
 
 def test_amp_modes_and_errors():
-    with pytest.raises(ShipReIDError, match="fp16 needs a GPU"):
-        autocast_context("fp16", CPU)
+    with autocast_context("fp16", CPU):  # the official recipes' precision also runs on the CPU (slowly)
+        out = torch.ones(2, 2) @ torch.ones(2, 2)
+    assert out.dtype == torch.float16
     with pytest.raises(ShipReIDError, match="SOLVER.AMP"):
         autocast_context("fp32", CPU)
     with autocast_context("bf16", CPU):
