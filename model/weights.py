@@ -34,9 +34,15 @@ _OFFICIAL_TO_OURS = [
 ]
 # keys that hold nothing the model uses: ImageNet/official classification heads, distillation head
 _DEAD_BACKBONE_PREFIXES = ("fc.", "head.", "head_dist.", "fc_norm.")
-# parts of the model that an initialisation checkpoint may lack (they start from their own init)
-_OPTIONAL_AT_INIT = ("backbone.mie_embed", "backbone.size_embed.", "backbone.patch_embed.sar.",
-                     "backbone.spec_tokens", "head.")
+# backbone parts a config can switch off, with the switch: an initialisation checkpoint may hold them while the
+# model does not (the ablation rows start from the recipe's backbone), or lack them (they keep their own init)
+_SWITCHABLE = {
+    "backbone.patch_embed.sar.": "MODEL.DUAL_PATCH_EMBED False",
+    "backbone.mie_embed": "MODEL.MIE False",
+    "backbone.size_embed.": "MODEL.SSE False",
+    "backbone.spec_tokens": "MODEL.SDF.DFL other than tokens",
+}
+_OPTIONAL_AT_INIT = (*_SWITCHABLE, "head.")
 # SDF-Net's modality-specific class tokens, in modality order (OPTICAL, SAR), and our stacked parameter
 _OFFICIAL_SPEC_TOKENS = ("cls_token_spe_rgb", "cls_token_spe_sar")
 SPEC_TOKENS_KEY = "backbone.spec_tokens"
@@ -223,7 +229,9 @@ def load_weights(model, path: str, mode: str = "full", strict: bool = True,
     """Load `path` into a ReIDModel.
 
     mode "init": backbone only (classifier and neck are skipped); MIE, the size token and the SAR patch head
-    may be absent (the SAR head is then copied from the optical one).
+    may be absent (the SAR head is then copied from the optical one), and the file's parts of modules that the
+    config switches off (SAR head, MIE, size token, SDF-Net tokens) are left out, with the switch in the report.
+    Evaluation and resume ("full") stay strict: a trained model is never adapted silently.
     mode "full": a complete trained model (backbone + neck); the classifier loads when its shape fits.
     `loss`: the training loss; a contrastive temperature in the file (`logit_scale`) goes into its InfoNCE
     term, and is ignored when there is no such term (or no loss).
@@ -267,12 +275,17 @@ def load_weights(model, path: str, mode: str = "full", strict: bool = True,
                 state[f"backbone.patch_embed.sar.{name}"] = optical.clone()
         report.notes.append("no SAR patch head in the file: copied from the optical one")
 
-    to_load = {}
+    to_load, switched_off = {}, {}
     for key, value in state.items():
         if (mode == "init" and not key.startswith("backbone.")) or (key.startswith("classifier.") and key not in own):
             report.ignored.append(key)  # heads that this run does not use or rebuilds
         elif key not in own:
-            report.unexpected.append(key)
+            switch = next((v for k, v in _SWITCHABLE.items() if key.startswith(k)), None) if mode == "init" else None
+            if switch is None:
+                report.unexpected.append(key)
+            else:
+                report.ignored.append(key)
+                switched_off.setdefault(switch, []).append(key)
         elif value.shape != own[key].shape:
             if key.startswith("classifier."):
                 report.ignored.append(key)  # trained on other identities; rebuilt for this run
@@ -280,6 +293,8 @@ def load_weights(model, path: str, mode: str = "full", strict: bool = True,
                 report.mismatched.append(f"{key} {list(value.shape)} vs model {list(own[key].shape)}")
         else:
             to_load[key] = value
+    for switch, keys in switched_off.items():
+        report.notes.append(f"left out {', '.join(keys)}: switched off by {switch}")
     mismatched_keys = {entry.split(" ")[0] for entry in report.mismatched}
     for key in own:
         if key in to_load or key in mismatched_keys:
