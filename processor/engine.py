@@ -91,8 +91,12 @@ class Trainer:
 
     def resume(self, path: str) -> None:
         state = load_training_state(path)
-        unwrap(self.model).load_state_dict(state["model"])
-        self.criterion.load_state_dict(state["criterion"])
+        try:
+            unwrap(self.model).load_state_dict(state["model"])
+            self.criterion.load_state_dict(state["criterion"])
+        except RuntimeError as err:
+            raise ShipReIDError(f"{path} does not fit the model this config builds ({err}); resume with the "
+                                f"config the run was started with ({self.cfg.OUTPUT_DIR}/config.yaml)") from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step_wrapper.load_state_dict(state["step_wrapper"])

@@ -144,12 +144,6 @@ def forward_flops(model, batch) -> float:
     return float(counter.get_total_flops())
 
 
-def set_fused_attention(model, enabled: bool) -> None:
-    for module in model.modules():
-        if hasattr(module, "fused_attn"):
-            module.fused_attn = enabled
-
-
 def bench_train(args, cfg, device, fused: bool) -> dict:
     """Optimisation steps through the real engine: `--data` feeds real batches from the training split
     (decoding and augmentation included; `fused=False` also turns the image cache off), otherwise one
@@ -171,7 +165,7 @@ def bench_train(args, cfg, device, fused: bool) -> dict:
         num_classes = max(2, args.batch // cfg.DATALOADER.NUM_INSTANCE)
         loader = None
     model = build_model(cfg, num_classes=num_classes).to(device).train()
-    set_fused_attention(model, fused)
+    model.backbone.set_fused_attention(fused)
     # counted on the eager model: FLOP counting does not see inside compiled graphs
     flops = 3 * forward_flops(model, model_batch(cfg, args.batch, device, True)) if device.type == "cuda" else 0.0
     if args.compile:
