@@ -254,12 +254,18 @@ def load_weights(model, path: str, mode: str = "full", strict: bool = True,
         state[patch_key] = state[patch_key].reshape(own[patch_key].shape)  # pre-conv linear patchify
         report.notes.append("reshaped a linear patch projection to a convolution")
     pos = state.get("backbone.pos_embed")
-    # another token count at the same width is adapted; another width is a mismatch reported below
+    # at initialisation another token count at the same width is adapted; another width is a mismatch reported below
     if pos is not None and pos.shape != own["backbone.pos_embed"].shape and pos.shape[-1] == own["backbone.pos_embed"].shape[-1]:
         file_prefix = 2 if SPEC_TOKENS_KEY in state else 1
         declared = tuple(file_grid) if file_grid and all(file_grid) else None
         try:
             patches, (rows, cols) = pos.shape[1] - file_prefix, backbone.grid_size
+            if mode == "full" and patches != rows * cols:
+                raise WeightsError(
+                    f"its position embedding holds {patches} patch entries, this model's grid is {rows}x{cols} "
+                    f"({rows * cols}): a trained model is evaluated at the grid it was trained on, never resized. "
+                    "Set MODEL.PATCH_SIZE, MODEL.STRIDE_SIZE and INPUT.SIZE_TRAIN / INPUT.SIZE_TEST as the run was "
+                    "trained (e.g. --config_file <run folder>/config.yaml)")
             old_grid = (rows, cols) if patches == rows * cols else old_patch_grid(patches, (rows, cols), declared)
             state["backbone.pos_embed"] = adapt_pos_embed(pos, file_prefix, backbone.num_prefix_tokens,
                                                           backbone.grid_size, old_grid)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from conftest import TINY_MODEL
+from test_training import assert_resumed, count_steps, saved_position
 
 import test as test_entry
 import train as train_entry
@@ -71,7 +72,7 @@ def test_ema_start_counts_optimizer_steps_under_accumulation(hoss_root, tmp_path
     assert any(not torch.equal(e, p) for e, p in zip(averaged.ema_unet.parameters(), averaged.unet.parameters()))
 
 
-def test_bbdm_training_resume_generation_and_fused_evaluation(hoss_root, tmp_path):
+def test_bbdm_training_resume_generation_and_fused_evaluation(hoss_root, tmp_path, monkeypatch):
     common = [*BBDM_RUN, "DATASETS.ROOT_DIR", hoss_root]
     full = train_bbdm.main([*common, "OUTPUT_DIR", str(tmp_path / "bbdm"), "SOLVER.MAX_EPOCHS", "2"])
     weights = tmp_path / "bbdm" / "bbdm_final.pth"
@@ -84,7 +85,11 @@ def test_bbdm_training_resume_generation_and_fused_evaluation(hoss_root, tmp_pat
     trainer.hooks.append(CrashAfterEpoch(1))
     with pytest.raises(KeyboardInterrupt):
         trainer.train()
+    saved = saved_position(tmp_path / "cut")
+    assert saved[:2] == (2, 0)
+    counter = count_steps(monkeypatch, train_bbdm, "build_bbdm_trainer")
     resumed = train_bbdm.main([*common, "OUTPUT_DIR", str(tmp_path / "cut"), "SOLVER.MAX_EPOCHS", "2", "--resume"])
+    assert_resumed(counter, saved, full.optimizer_steps)
     for key, value in full.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[key]), key
 

@@ -1,5 +1,6 @@
 """SIGKILL at three points (inside an epoch, just after a checkpoint, during a checkpoint write): every
-resumed run ends with exactly the weights of an uninterrupted run, and no partial checkpoint is ever used."""
+resumed run starts from the last complete checkpoint, takes only the remaining steps and ends with exactly the
+weights of an uninterrupted run; no partial checkpoint is ever used."""
 from __future__ import annotations
 
 import os
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 from conftest import REPO
+from test_training import assert_resumed, count_steps, saved_position
 
 import train as train_entry
 
@@ -57,14 +59,13 @@ def writing_a_later_checkpoint(out) -> bool:
 @pytest.fixture
 def uninterrupted(hoss_root, tmp_path):
     args = ["DATASETS.ROOT_DIR", hoss_root, *RUN]
-    state = train_entry.main(["--config_file", "configs/hoss/transoss.yml", *args, "OUTPUT_DIR",
-                              str(tmp_path / "full")]).model.state_dict()
-    return args, state
+    return args, train_entry.main(["--config_file", "configs/hoss/transoss.yml", *args, "OUTPUT_DIR",
+                                   str(tmp_path / "full")])
 
 
 @pytest.mark.parametrize("point", ["inside_epoch", "after_checkpoint", "during_checkpoint_write"])
-def test_sigkill_then_resume_is_exact(uninterrupted, tmp_path, point):
-    args, expected = uninterrupted
+def test_sigkill_then_resume_is_exact(uninterrupted, tmp_path, monkeypatch, point):
+    args, full = uninterrupted
     condition = {"inside_epoch": log_has("epoch 3 iter 4/"), "after_checkpoint": checkpoint_exists("epoch_0002.pth"),
                  "during_checkpoint_write": writing_a_later_checkpoint}[point]
     # a checkpoint write lasts milliseconds: a run can finish without the poll ever seeing one, so a few tries
@@ -76,7 +77,10 @@ def test_sigkill_then_resume_is_exact(uninterrupted, tmp_path, point):
         pytest.fail(f"{WRITE_WINDOW_TRIES} runs ended before the kill point {point}")
     named = (out / "checkpoints" / "last_checkpoint").read_text().strip()
     assert ".tmp-" not in named and (out / "checkpoints" / named).is_file()  # never a partial file
+    saved = saved_position(out)
+    counter = count_steps(monkeypatch, train_entry)
     resumed = train_entry.main(["--config_file", "configs/hoss/transoss.yml", *args, "OUTPUT_DIR", str(out),
                                 "--resume"]).model.state_dict()
-    for key in expected:
-        assert torch.equal(expected[key], resumed[key]), key
+    assert_resumed(counter, saved, full.optimizer_steps)
+    for key, value in full.model.state_dict().items():
+        assert torch.equal(value, resumed[key]), key

@@ -48,4 +48,5 @@ def test_test_py_reproduces_official_outputs(golden_dir, hoss_root, tmp_path, me
         assert list(feats["names"]) == list(ref["names"])
         assert (feats["pids"] == ref["pids"]).all() and (feats["camids"] == ref["camids"]).all()
         assert feats["feats"].dtype == np.float32
-        assert np.abs(feats["feats"] - ref["feats"]).max() < 1e-4
+        diff = float(np.abs(feats["feats"] - ref["feats"]).max())
+        assert diff < 1e-5, (protocol, diff)  # measured 2.3e-6 at most

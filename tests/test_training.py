@@ -1,6 +1,7 @@
 """End-to-end training on the real chips: pretrain -> fine-tune -> test.py, and exact resume."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 
@@ -12,6 +13,11 @@ from conftest import TINY_MODEL
 import test as test_entry
 import train as train_entry
 import train_pair as pair_entry
+from configs import add_config_args, parse_args
+from processor.hooks import Hook
+from model.weights import WeightsError
+from processor.setup import setup_run
+from utils.errors import ShipReIDError
 
 # tiny, fast, single-process CPU runs (P = 2 identities x K = 4 images per batch)
 TINY_RUN = [*TINY_MODEL, "MODEL.DEVICE", "cpu", "DATALOADER.NUM_WORKERS", "0", "SOLVER.IMS_PER_BATCH", "8",
@@ -33,22 +39,31 @@ def make_pair_root(samples_dir: str, root) -> None:
                 os.symlink(os.path.join(train, name), folder / f"hoss_{pid}_{modality}.tif")
 
 
+def build(builder, argv: list[str]):
+    """The trainer that an entry point's main(argv) would train, before its first step."""
+    cfg, logger, device = setup_run(parse_args(add_config_args(argparse.ArgumentParser()), argv), "train.log")
+    return builder(cfg, device, logger)
+
+
 def test_pretrain_finetune_and_test_on_real_chips(hoss_root, samples_dir, tmp_path):
     root = tmp_path / "root"
     make_pair_root(samples_dir, root)
     pre_out, ft_out, test_out = tmp_path / "pre", tmp_path / "ft", tmp_path / "test"
     pair_entry.main(["--config_file", "configs/pretrain/transoss.yml", "DATASETS.ROOT_DIR", str(root),
-                     "OUTPUT_DIR", str(pre_out), "SOLVER.MAX_EPOCHS", "1", *TINY_RUN])
+                     "OUTPUT_DIR", str(pre_out), "SOLVER.MAX_EPOCHS", "1", *TINY_RUN, "SEED", "1"])
     backbone = pre_out / "backbone_final.pth"
-    assert backbone.is_file()
-
-    trainer = train_entry.main([
-        "--config_file", "configs/hoss/transoss.yml", "DATASETS.ROOT_DIR", hoss_root, "OUTPUT_DIR", str(ft_out),
-        "SOLVER.MAX_EPOCHS", "1", *TINY_RUN, "MODEL.PRETRAIN_PATH", str(backbone)])
-    # the fine-tuned model started from the pretrained backbone (its cls token moved only by one epoch)
     pretrained = torch.load(backbone, weights_only=True)
-    tuned = trainer.model.state_dict()
-    assert torch.allclose(tuned["backbone.cls_token"], pretrained["backbone.cls_token"], atol=1e-2)
+
+    # another seed: a backbone equal to the file's can only have come from the file
+    trainer = build(train_entry.build_trainer, [
+        "--config_file", "configs/hoss/transoss.yml", "DATASETS.ROOT_DIR", hoss_root, "OUTPUT_DIR", str(ft_out),
+        "SOLVER.MAX_EPOCHS", "1", *TINY_RUN, "MODEL.PRETRAIN_PATH", str(backbone), "SEED", "2"])
+    initial = trainer.model.state_dict()
+    # every backbone weight but the size token (absent from pretraining) starts as the file's
+    assert set(pretrained) == {k for k in initial if k.startswith("backbone.") and "size_embed" not in k}
+    for key, value in pretrained.items():
+        assert torch.equal(initial[key], value), key
+    trainer.train()
     assert (ft_out / "results.json").is_file() and (ft_out / "checkpoints" / "last_checkpoint").is_file()
 
     results = {}
@@ -61,42 +76,77 @@ def test_pretrain_finetune_and_test_on_real_chips(hoss_root, samples_dir, tmp_pa
         assert json.load(f)["ALL"]["mAP"] == pytest.approx(results["model_final"]["ALL"]["mAP"], abs=1e-9)
 
 
-class StopAfterEpoch:
+class StopAfterEpoch(Hook):
     """Simulates a crash right after the checkpoint of `epoch` has been written."""
 
     def __init__(self, epoch: int):
         self.epoch = epoch
-
-    def __getattr__(self, event):
-        return lambda trainer: None
 
     def after_epoch_advanced(self, trainer):
         if trainer.epoch - 1 == self.epoch:
             raise KeyboardInterrupt
 
 
-def test_resume_gives_the_weights_of_an_uninterrupted_run(hoss_root, tmp_path):
+class StepCounter(Hook):
+    """Where a run started (epoch, iteration, optimizer steps done) and how many optimizer steps it then took."""
+
+    def before_train(self, trainer):
+        self.start, self.steps = (trainer.epoch, trainer.iteration, trainer.optimizer_steps), 0
+        trainer.optimizer.register_step_post_hook(self.count)
+
+    def count(self, optimizer, args, kwargs):
+        self.steps += 1
+
+
+def count_steps(monkeypatch, module, builder: str = "build_trainer") -> StepCounter:
+    """A StepCounter on the trainer that the next `module.main()` builds."""
+    counter, build_trainer = StepCounter(), getattr(module, builder)
+
+    def build_and_count(cfg, device, logger):
+        trainer = build_trainer(cfg, device, logger)
+        trainer.hooks.append(counter)
+        return trainer
+    monkeypatch.setattr(module, builder, build_and_count)
+    return counter
+
+
+def saved_position(out) -> tuple[int, int, int]:
+    """(epoch, iteration, optimizer steps done) of the checkpoint that OUTPUT_DIR's last_checkpoint names."""
+    name = (out / "checkpoints" / "last_checkpoint").read_text().strip()
+    state = torch.load(out / "checkpoints" / name, weights_only=False)
+    return state["epoch"], state["iteration"], state["optimizer_steps"]
+
+
+def assert_resumed(counter: StepCounter, saved: tuple[int, int, int], total_steps: int) -> None:
+    """The resumed run started where the checkpoint left off and took only the remaining optimizer steps
+    (a run that ignored --resume and retrained from scratch would end with the same weights)."""
+    assert counter.start == saved
+    assert 0 < counter.steps == total_steps - saved[2], (counter.steps, total_steps, saved)
+
+
+def test_resume_gives_the_weights_of_an_uninterrupted_run(hoss_root, tmp_path, monkeypatch):
     common = ["--config_file", "configs/hoss/transoss.yml", "DATASETS.ROOT_DIR", hoss_root, *TINY_RUN,
               "SOLVER.MAX_EPOCHS", "3", "SOLVER.CHECKPOINT_PERIOD", "1", "SOLVER.EVAL_PERIOD", "0",
               "DATASETS.PROTOCOLS", "['ALL']"]
-    full = train_entry.main(common + ["OUTPUT_DIR", str(tmp_path / "full")]).model.state_dict()
+    full = train_entry.main(common + ["OUTPUT_DIR", str(tmp_path / "full")])
 
-    from processor.setup import setup_run
-    import argparse
-    from configs import add_config_args, parse_args
-    args = parse_args(add_config_args(argparse.ArgumentParser()), common + ["OUTPUT_DIR", str(tmp_path / "cut")])
-    cfg, logger, device = setup_run(args, "train.log")
-    trainer = train_entry.build_trainer(cfg, device, logger)
+    cut = tmp_path / "cut"
+    trainer = build(train_entry.build_trainer, common + ["OUTPUT_DIR", str(cut)])
     trainer.hooks.append(StopAfterEpoch(1))
     with pytest.raises(KeyboardInterrupt):
         trainer.train()
-    resumed = train_entry.main(common + ["OUTPUT_DIR", str(tmp_path / "cut"), "--resume"]).model.state_dict()
-    assert full.keys() == resumed.keys()
-    for key in full:
-        assert torch.equal(full[key], resumed[key]), key
+    saved = saved_position(cut)
+    assert saved[:2] == (2, 0)
+    counter = count_steps(monkeypatch, train_entry)
+    resumed = train_entry.main(common + ["OUTPUT_DIR", str(cut), "--resume"]).model.state_dict()
+    assert_resumed(counter, saved, full.optimizer_steps)
+    expected = full.model.state_dict()
+    assert expected.keys() == resumed.keys()
+    for key in expected:
+        assert torch.equal(expected[key], resumed[key]), key
 
 
-def test_sigterm_saves_mid_epoch_and_resume_is_exact(hoss_root, tmp_path):
+def test_sigterm_saves_mid_epoch_and_resume_is_exact(hoss_root, tmp_path, monkeypatch):
     import signal
     import subprocess
     import sys
@@ -106,7 +156,7 @@ def test_sigterm_saves_mid_epoch_and_resume_is_exact(hoss_root, tmp_path):
     common = ["--config_file", "configs/hoss/transoss.yml", "DATASETS.ROOT_DIR", hoss_root, *TINY_RUN,
               "SOLVER.MAX_EPOCHS", "6", "SOLVER.CHECKPOINT_PERIOD", "0", "SOLVER.EVAL_PERIOD", "0",
               "SOLVER.LOG_PERIOD", "1", "DATASETS.PROTOCOLS", "['ALL']"]
-    full = train_entry.main(common + ["OUTPUT_DIR", str(tmp_path / "full")]).model.state_dict()
+    full = train_entry.main(common + ["OUTPUT_DIR", str(tmp_path / "full")])
 
     out = tmp_path / "cut"
     process = subprocess.Popen([sys.executable, "train.py", *common, "OUTPUT_DIR", str(out)], cwd=REPO,
@@ -118,8 +168,28 @@ def test_sigterm_saves_mid_epoch_and_resume_is_exact(hoss_root, tmp_path):
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 0 and "rerun with --resume" in err, err[-2000:]
-    saved = sorted(p.name for p in (out / "checkpoints").iterdir() if "_iter_" in p.name)
-    assert saved and saved[0].startswith("epoch_0002_iter_")  # stopped inside epoch 2
+    saved = saved_position(out)
+    assert saved[0] == 2 and saved[1] > 0  # stopped inside epoch 2
+    counter = count_steps(monkeypatch, train_entry)
     resumed = train_entry.main(common + ["OUTPUT_DIR", str(out), "--resume"]).model.state_dict()
-    for key in full:
-        assert torch.equal(full[key], resumed[key]), key
+    assert_resumed(counter, saved, full.optimizer_steps)
+    for key, value in full.model.state_dict().items():
+        assert torch.equal(value, resumed[key]), key
+
+
+def test_a_finished_run_is_evaluated_and_resumed_only_with_its_own_grid(hoss_root, tmp_path):
+    """A stride-12 run: test.py with the stride-16 recipe stops (never resizes a trained model) and names the keys;
+    with the run's own config.yaml it evaluates; a resume under another model config names the checkpoint."""
+    out = tmp_path / "run"
+    common = ["DATASETS.ROOT_DIR", hoss_root, *TINY_RUN, "SOLVER.EVAL_PERIOD", "0", "DATASETS.PROTOCOLS", "['ALL']"]
+    train_entry.main(["--config_file", "configs/hoss/transoss.yml", *common, "MODEL.STRIDE_SIZE", "[12,12]",
+                      "SOLVER.MAX_EPOCHS", "1", "SOLVER.CHECKPOINT_PERIOD", "1", "OUTPUT_DIR", str(out)])
+    evaluate = ["TEST.WEIGHT", str(out / "model_final.pth"), "OUTPUT_DIR", str(tmp_path / "eval")]
+    with pytest.raises(WeightsError, match=r"model_final\.pth: .*210 patch entries, this model's grid is 16x8.*"
+                                           r"MODEL\.STRIDE_SIZE.*config\.yaml"):
+        test_entry.main(["--config_file", "configs/hoss/transoss.yml", *common, *evaluate])
+    results = test_entry.main(["--config_file", str(out / "config.yaml"), *evaluate])
+    assert 0 < results["ALL"]["mAP"] <= 1
+    with pytest.raises(ShipReIDError, match=r"(?s)epoch_0001\.pth does not fit the model this config builds.*config\.yaml"):
+        train_entry.main(["--config_file", "configs/hoss/transoss.yml", *common, "SOLVER.MAX_EPOCHS", "2",
+                          "OUTPUT_DIR", str(out), "--resume"])

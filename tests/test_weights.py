@@ -339,11 +339,11 @@ def test_current_timm_model_state_dict_loads_for_init(tmp_path):
 
 
 # ----------------------------------------------------------------------- position embedding resize
-def test_16x8_checkpoint_into_a_stride_12_model(official, tmp_path):
+def test_16x8_checkpoint_initialises_a_stride_12_model(official, tmp_path):
     path = save(official, tmp_path / "ft.pth")
     model = build("MODEL.STRIDE_SIZE", "[12,12]", num_classes=21)
     assert model.backbone.grid_size == (21, 10)
-    report = load_weights(model, path, mode="full")
+    report = load_weights(model, path, mode="init")
     assert not report.missing and not report.mismatched
     assert any("grid 16x8 -> 21x10" in n for n in report.notes)
     assert model.backbone.pos_embed.shape == (1, 1 + 21 * 10, D)
@@ -352,6 +352,16 @@ def test_16x8_checkpoint_into_a_stride_12_model(official, tmp_path):
     # the model runs at that grid: 211 + size token
     out = model.eval().embed(make_batch(2))
     assert out.shape == (2, D) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_a_trained_model_is_never_resized_for_evaluation(official, tmp_path, strict):
+    """test.py, resume and FeatureExtractor load in "full" mode: a stride-16 model into a stride-12 config stops
+    with the keys to set, even with MODEL.STRICT_LOAD False."""
+    path = save(official, tmp_path / "ft.pth")
+    with pytest.raises(WeightsError, match=r"ft\.pth: .*128 patch entries, this model's grid is 21x10.*never resized"
+                                           r".*MODEL\.STRIDE_SIZE.*INPUT\.SIZE_TEST.*config\.yaml"):
+        load_weights(build("MODEL.STRIDE_SIZE", "[12,12]", num_classes=21), path, mode="full", strict=strict)
 
 
 def test_a_grid_the_entry_count_cannot_tell_is_refused_until_declared(official, tmp_path):
