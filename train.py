@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from datasets import build_dataset, build_train_loader
 from datasets.hoss import format_statistics, statistics_rows
+from datasets.samplers import check_pk_batch
 from model import build_model
 from processor.checkpoint import export_weights
 from processor.engine import Trainer, unwrap, wrap_ddp
@@ -14,11 +15,14 @@ from processor.evaluator import Evaluator
 from processor.hooks import CheckpointHook, EvalHook, ProgressHook
 from processor.setup import prepare_training, run_training
 from solver import CosineWarmupScheduler
-from utils.cli import run_cli
+from utils.cli import describe, run_cli
 from utils.distributed import rank, world_size
 
 
 def build_trainer(cfg, device, logger) -> Trainer:
+    # the batch's split into identities and ranks needs no data: refused before the image scan
+    check_pk_batch(cfg.SOLVER.IMS_PER_BATCH, cfg.DATALOADER.NUM_INSTANCE, world_size(),
+                   cfg.DATALOADER.SAMPLER == "pk_modality")
     dataset = build_dataset(cfg)
     dataset.train_labels()  # refuses distractors in the training split
     dataset.check_disjoint_identities()
@@ -28,18 +32,19 @@ def build_trainer(cfg, device, logger) -> Trainer:
     loader = build_train_loader(cfg, dataset.train, rank(), world_size())
     model, criterion, optimizer, writer = prepare_training(
         cfg, build_model(cfg, num_classes=loader.dataset.num_classes), device, logger)
+    evaluation = EvalHook(Evaluator(cfg, protocols), cfg.SOLVER.EVAL_PERIOD, cfg.OUTPUT_DIR, writer)
     hooks = [
         ProgressHook(cfg.SOLVER.LOG_PERIOD, writer),
-        EvalHook(Evaluator(cfg, protocols), cfg.SOLVER.EVAL_PERIOD, cfg.OUTPUT_DIR, writer),
-        CheckpointHook(cfg.SOLVER.CHECKPOINT_PERIOD, cfg.OUTPUT_DIR,
+        CheckpointHook(cfg.SOLVER.CHECKPOINT_PERIOD, cfg.OUTPUT_DIR, also_at=evaluation.is_due,
                        final_exports=[lambda t: export_weights(unwrap(t.model), cfg.OUTPUT_DIR, "model_final")]),
+        evaluation,
     ]
     return Trainer(cfg, wrap_ddp(model, device), criterion, optimizer, CosineWarmupScheduler(optimizer, cfg),
                    loader, device, hooks)
 
 
 def main(argv=None):
-    return run_training(argv, __doc__.split("\n")[0], "train.log", build_trainer)
+    return run_training(argv, describe(__doc__), "train.log", build_trainer)
 
 
 if __name__ == "__main__":

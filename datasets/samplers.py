@@ -18,6 +18,20 @@ def _chunks(items: list, size: int) -> list[list]:
     return [items[i:i + size] for i in range(0, len(items) - size + 1, size)]
 
 
+def check_pk_batch(batch_size: int, num_instances: int, world_size: int = 1, modality_balanced: bool = False) -> None:
+    """Whether a global batch of `batch_size` images splits into identities of K images, evenly over the ranks
+    (checked at start-up, before any data is read, and by the sampler)."""
+    if num_instances < 1 or batch_size % num_instances:
+        raise ShipReIDError(f"SOLVER.IMS_PER_BATCH ({batch_size}) must be a multiple of "
+                            f"DATALOADER.NUM_INSTANCE ({num_instances})")
+    if (batch_size // num_instances) % world_size:
+        raise ShipReIDError(f"{batch_size // num_instances} identities per batch cannot be split over {world_size} "
+                            "ranks; make SOLVER.IMS_PER_BATCH / DATALOADER.NUM_INSTANCE a multiple of the "
+                            "number of processes")
+    if modality_balanced and num_instances % 2:
+        raise ShipReIDError("DATALOADER.SAMPLER pk_modality needs an even DATALOADER.NUM_INSTANCE")
+
+
 class PKBatchSampler(Sampler[list[int]]):
     """Official RandomIdentitySampler semantics as a batch sampler.
 
@@ -30,16 +44,8 @@ class PKBatchSampler(Sampler[list[int]]):
 
     def __init__(self, labels: Sequence[int], modalities: Sequence[int], batch_size: int, num_instances: int,
                  seed: int = 0, modality_balanced: bool = False, rank: int = 0, world_size: int = 1):
-        if batch_size % num_instances:
-            raise ShipReIDError(f"SOLVER.IMS_PER_BATCH ({batch_size}) must be a multiple of "
-                                f"DATALOADER.NUM_INSTANCE ({num_instances})")
+        check_pk_batch(batch_size, num_instances, world_size, modality_balanced)
         self.num_ids_per_batch = batch_size // num_instances
-        if self.num_ids_per_batch % world_size:
-            raise ShipReIDError(f"{self.num_ids_per_batch} identities per batch cannot be split over {world_size} "
-                                "ranks; make SOLVER.IMS_PER_BATCH / DATALOADER.NUM_INSTANCE a multiple of the "
-                                "number of processes")
-        if modality_balanced and num_instances % 2:
-            raise ShipReIDError("DATALOADER.SAMPLER pk_modality needs an even DATALOADER.NUM_INSTANCE")
         self.k = num_instances
         self.seed, self.epoch, self.skip_batches = seed, 0, 0
         self.modality_balanced = modality_balanced

@@ -27,12 +27,25 @@ class LossComposer(nn.Module):
         return losses
 
 
-def build_loss(cfg) -> LossComposer:
+def loss_config_problems(cfg) -> list[str]:
+    """What is wrong with LOSS.TERMS / LOSS.WEIGHTS (empty when nothing); checked at start-up and here."""
     names, weights = list(cfg.LOSS.TERMS), list(cfg.LOSS.WEIGHTS)
+    problems = []
     if len(names) != len(weights):
-        raise ShipReIDError(f"LOSS.TERMS {names} and LOSS.WEIGHTS {weights} must have the same length")
+        problems.append(f"LOSS.TERMS {names} and LOSS.WEIGHTS {weights} must have the same length")
     if len(set(names)) != len(names):
-        raise ShipReIDError(f"LOSS.TERMS lists a term twice: {names}")
+        problems.append(f"LOSS.TERMS lists a term twice: {names}")
+    unknown = [name for name in names if name not in LOSS_TERMS]
+    if unknown:
+        problems.append(f"LOSS.TERMS: unknown term(s) {unknown}; registered: {sorted(LOSS_TERMS.names())}")
+    return problems
+
+
+def build_loss(cfg) -> LossComposer:
+    problems = loss_config_problems(cfg)
+    if problems:
+        raise ShipReIDError("; ".join(problems))
+    names, weights = list(cfg.LOSS.TERMS), list(cfg.LOSS.WEIGHTS)
     terms, kept = {}, {}
     for name, weight in zip(names, weights):
         term = LOSS_TERMS.get(name, "LOSS.TERMS")

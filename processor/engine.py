@@ -163,7 +163,8 @@ class Trainer:
             self.check_finite()
             self._call("after_epoch")
             self.epoch, self.iteration = self.epoch + 1, 0
-            self._call("after_epoch_advanced")
+            self._call("after_epoch_advanced")  # the finished epoch's checkpoint is written here ...
+            self._call("after_epoch_saved")     # ... before it is evaluated: a failing evaluation loses no training
         self._call("after_train")
 
     def run_step(self, batch: dict, boundary: bool, group_size: int | None = None) -> None:

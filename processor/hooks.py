@@ -21,6 +21,7 @@ class Hook:
     def after_step(self, trainer): pass
     def after_epoch(self, trainer): pass
     def after_epoch_advanced(self, trainer): pass
+    def after_epoch_saved(self, trainer): pass
     def after_train(self, trainer): pass
     def on_interrupt(self, trainer): pass
 
@@ -79,11 +80,28 @@ def _hms(seconds: float) -> str:
 
 
 class EvalHook(Hook):
-    """Evaluates every `period` epochs and after the last; tracks the best ALL (or first protocol) mAP."""
+    """Evaluates every `period` epochs and after the last, once the epoch's checkpoint is written; tracks the best
+    ALL (or first protocol) mAP. A run resumed from a checkpoint whose epoch was due but not evaluated (the
+    evaluation failed, or the run was killed during it) evaluates that epoch first."""
 
     def __init__(self, evaluator, period: int, output_dir: str, writer=None):
         self.evaluator, self.period, self.output_dir, self.writer = evaluator, period, output_dir, writer
         self.results = None
+
+    def is_due(self, epoch: int, max_epochs: int) -> bool:
+        return epoch == max_epochs or (self.period > 0 and epoch % self.period == 0)
+
+    def before_train(self, trainer):
+        finished = trainer.epoch - 1
+        if (trainer.iteration == 0 and finished >= 1 and self.is_due(finished, trainer.max_epochs)
+                and trainer.extra_state.get("evaluated_epoch", 0) != finished):
+            logger.info("epoch %d was saved but not evaluated: evaluating it first", finished)
+            self._evaluate_epoch(trainer, finished)
+
+    def after_epoch_saved(self, trainer):
+        finished = trainer.epoch - 1
+        if self.is_due(finished, trainer.max_epochs):
+            self._evaluate_epoch(trainer, finished)
 
     def _evaluate(self, trainer, epoch: int):
         results, _ = self.evaluator.evaluate(unwrap(trainer.model), trainer.device)
@@ -102,30 +120,31 @@ class EvalHook(Hook):
         self.results = results
         return results
 
-    def after_epoch(self, trainer):
-        last = trainer.epoch == trainer.max_epochs
-        if last or (self.period > 0 and trainer.epoch % self.period == 0):
-            self._evaluate(trainer, trainer.epoch)
-            if last and is_main():
-                write_results(self.results, self.output_dir)
-                # the papers report the best test-set epoch (checkpoint selection on the test set): both are kept
-                best_epoch, best = trainer.extra_state["best_epoch"], trainer.extra_state.get("best_results")
-                if best is None:  # resumed from a checkpoint that predates results_best.json
-                    return
-                write_results({"epoch": best_epoch, **best}, self.output_dir, "results_best.json")
-                logger.info("last epoch in results.json; best %s mAP at epoch %d (selected on the test set) in "
-                            "results_best.json / model_best.pth", next(iter(self.results)), best_epoch)
+    def _evaluate_epoch(self, trainer, epoch: int):
+        self._evaluate(trainer, epoch)
+        trainer.extra_state["evaluated_epoch"] = epoch
+        if epoch == trainer.max_epochs and is_main():
+            write_results(self.results, self.output_dir)
+            # the papers report the best test-set epoch (checkpoint selection on the test set): both are kept
+            best_epoch, best = trainer.extra_state["best_epoch"], trainer.extra_state.get("best_results")
+            if best is None:  # resumed from a checkpoint that predates results_best.json
+                return
+            write_results({"epoch": best_epoch, **best}, self.output_dir, "results_best.json")
+            logger.info("last epoch in results.json; best %s mAP at epoch %d (selected on the test set) in "
+                        "results_best.json / model_best.pth", next(iter(self.results)), best_epoch)
 
 
 class CheckpointHook(Hook):
-    """Full training state every `period` epochs and at the end; weights-only exports at the end."""
+    """Full training state every `period` epochs, at the end, and at every epoch `also_at(epoch, max_epochs)`
+    names (the evaluated ones: saved before they are evaluated); weights-only exports at the end."""
 
-    def __init__(self, period: int, output_dir: str, final_exports=()):
-        self.period, self.output_dir, self.final_exports = period, output_dir, final_exports
+    def __init__(self, period: int, output_dir: str, final_exports=(), also_at=None):
+        self.period, self.output_dir, self.final_exports, self.also_at = period, output_dir, final_exports, also_at
 
     def after_epoch_advanced(self, trainer):
         finished = trainer.epoch - 1
-        if finished == trainer.max_epochs or (self.period > 0 and finished % self.period == 0):
+        if (finished == trainer.max_epochs or (self.period > 0 and finished % self.period == 0)
+                or (self.also_at is not None and self.also_at(finished, trainer.max_epochs))):
             state = trainer.state_dict()
             if is_main():
                 path = save_training_state(self.output_dir, f"epoch_{finished:04d}.pth", state)

@@ -7,6 +7,7 @@ import os
 from torch.utils.tensorboard import SummaryWriter
 
 from configs import add_config_args, parse_args, setup_config
+from configs.checks import check_config
 from configs.loader import write_config
 from loss import build_loss
 from model.weights import load_weights
@@ -24,6 +25,7 @@ def setup_run(args, log_name: str):
     Only rank 0 writes the resolved config and the log file; other ranks log warnings to the console.
     """
     cfg = setup_config(args, write=False)
+    check_config(cfg)  # before anything is scanned, decoded or built
     device = init_distributed(resolve_device(cfg.MODEL.DEVICE), cfg.DIST.TIMEOUT_S)
     if is_main():
         write_config(cfg)

@@ -218,7 +218,7 @@ def test_build_loss_infonce_holds_the_learnable_scale():
 def test_build_loss_errors_name_the_keys():
     with pytest.raises(ShipReIDError, match=r"LOSS\.TERMS.*LOSS\.WEIGHTS"):
         build_loss(configs.load_config(None, ["LOSS.WEIGHTS", "[1.0]"]))
-    with pytest.raises(ShipReIDError, match=r"'centre'.*LOSS\.TERMS"):
+    with pytest.raises(ShipReIDError, match=r"LOSS\.TERMS.*'centre'"):
         build_loss(configs.load_config(None, ["LOSS.TERMS", "['id', 'centre']"]))
     with pytest.raises(ShipReIDError, match="twice"):
         build_loss(configs.load_config(None, ["LOSS.TERMS", "['id', 'id']"]))

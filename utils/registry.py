@@ -20,6 +20,12 @@ class Registry:
             return obj
         return add
 
+    def __contains__(self, name: str) -> bool:
+        return name in self._items
+
+    def names(self) -> list[str]:
+        return list(self._items)
+
     def get(self, name: str, key_hint: str = "") -> Callable:
         if name not in self._items:
             where = f" (config key {key_hint})" if key_hint else ""

@@ -1,0 +1,48 @@
+"""Checks that depend on the configuration alone. Every entry point runs them at start-up, before any image is
+scanned or decoded, so that a wrong setting stops a run in its first second, not at its first evaluation."""
+from __future__ import annotations
+
+from model.embeddings import patch_grid
+from processor.optim_step import AMP_MODES
+from utils.errors import ShipReIDError
+
+
+class ConfigCheckError(ShipReIDError):
+    """Settings that cannot work together; the message lists every problem found."""
+
+
+def _grid_problems(cfg) -> list[str]:
+    m, problems = cfg.MODEL, []
+    grids = {}
+    for key in ("INPUT.SIZE_TRAIN", "INPUT.SIZE_TEST"):
+        size = cfg.INPUT.SIZE_TRAIN if key == "INPUT.SIZE_TRAIN" else cfg.INPUT.SIZE_TEST
+        if min(size) < m.PATCH_SIZE:
+            problems.append(f"{key} {list(size)} is smaller than MODEL.PATCH_SIZE {m.PATCH_SIZE}")
+        else:
+            grids[key] = patch_grid(size, m.PATCH_SIZE, m.STRIDE_SIZE)
+    if len(grids) == 2 and grids["INPUT.SIZE_TRAIN"] != grids["INPUT.SIZE_TEST"]:
+        (train_rows, train_cols), (test_rows, test_cols) = grids["INPUT.SIZE_TRAIN"], grids["INPUT.SIZE_TEST"]
+        problems.append(
+            f"INPUT.SIZE_TRAIN {list(cfg.INPUT.SIZE_TRAIN)} gives a {train_rows}x{train_cols} patch grid and "
+            f"INPUT.SIZE_TEST {list(cfg.INPUT.SIZE_TEST)} a {test_rows}x{test_cols} one (MODEL.PATCH_SIZE "
+            f"{m.PATCH_SIZE}, MODEL.STRIDE_SIZE {list(m.STRIDE_SIZE)}); the model has one position embedding: set "
+            "both sizes to the same value")
+    return problems
+
+
+def config_problems(cfg) -> list[str]:
+    from loss.build import loss_config_problems  # the loss package knows its terms
+    problems = _grid_problems(cfg) + loss_config_problems(cfg)
+    if not 0 <= cfg.MODEL.SDF.STRUCT_LAYER <= cfg.MODEL.DEPTH:
+        problems.append(f"MODEL.SDF.STRUCT_LAYER {cfg.MODEL.SDF.STRUCT_LAYER} must be between 0 (off) and "
+                        f"MODEL.DEPTH {cfg.MODEL.DEPTH}")
+    if cfg.SOLVER.AMP not in AMP_MODES:
+        problems.append(f"SOLVER.AMP must be one of {sorted(AMP_MODES)}, got {cfg.SOLVER.AMP!r}")
+    return problems
+
+
+def check_config(cfg) -> None:
+    """Raise ConfigCheckError listing every problem of the configuration that needs no data to find."""
+    problems = config_problems(cfg)
+    if problems:
+        raise ConfigCheckError("the configuration cannot run:\n  " + "\n  ".join(problems))
