@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from configs import add_config_args, parse_args
 from configs.loader import ConfigError
@@ -15,16 +16,30 @@ from model import build_model
 from model.weights import load_weights
 from processor.evaluator import Evaluator, format_results, write_results
 from processor.setup import setup_run
-from utils.cli import run_cli
+from utils.cli import describe, run_cli
 from utils.distributed import is_main
 
 
+# what a training run leaves in its OUTPUT_DIR: an evaluation there must not replace its records
+TRAINING_RUN_MARKERS = ("checkpoints", "train.log", "train_pair.log", "train_bbdm.log")
+
+
+def evaluation_dir(cfg) -> str:
+    """OUTPUT_DIR, or OUTPUT_DIR/test/<weight file name> when OUTPUT_DIR holds a training run (whose results.json,
+    config.yaml and logs stay as training wrote them)."""
+    if any(os.path.exists(os.path.join(cfg.OUTPUT_DIR, marker)) for marker in TRAINING_RUN_MARKERS):
+        stem = os.path.splitext(os.path.basename(cfg.TEST.WEIGHT))[0] or "weights"
+        return os.path.join(cfg.OUTPUT_DIR, "test", stem)
+    return cfg.OUTPUT_DIR
+
+
 def main(argv=None) -> dict:
-    args = parse_args(add_config_args(argparse.ArgumentParser(description=__doc__.split("\n")[0])), argv)
-    cfg, logger, device = setup_run(args, "test.log")
+    args = parse_args(add_config_args(argparse.ArgumentParser(description=describe(__doc__))), argv)
+    cfg, logger, device = setup_run(args, "test.log", output_dir=evaluation_dir)
     if not cfg.TEST.WEIGHT:
         raise ConfigError("TEST.WEIGHT is empty: pass the checkpoint to evaluate, e.g. TEST.WEIGHT weights/model.pth")
 
+    logger.info("evaluation outputs in %s", cfg.OUTPUT_DIR)
     dataset = build_dataset(cfg)
     protocols = [dataset.protocol(name) for name in cfg.DATASETS.PROTOCOLS]
     logger.info("test data (%s):\n%s", dataset.root, format_statistics(statistics_rows(protocols)))

@@ -19,13 +19,18 @@ from utils.logger import setup_logger
 from .rng import seed_everything
 
 
-def setup_run(args, log_name: str):
+def setup_run(args, log_name: str, output_dir=None):
     """(cfg, logger, device) for an entry point; joins the torchrun process group when there is one.
 
+    `output_dir(cfg)`: the folder this run writes to instead of OUTPUT_DIR (test.py beside a training run).
     Only rank 0 writes the resolved config and the log file; other ranks log warnings to the console.
     """
     cfg = setup_config(args, write=False)
     check_config(cfg)  # before anything is scanned, decoded or built
+    if output_dir is not None:
+        cfg.defrost()
+        cfg.OUTPUT_DIR = output_dir(cfg)
+        cfg.freeze()
     device = init_distributed(resolve_device(cfg.MODEL.DEVICE), cfg.DIST.TIMEOUT_S)
     if is_main():
         write_config(cfg)

@@ -188,8 +188,13 @@ def test_a_finished_run_is_evaluated_and_resumed_only_with_its_own_grid(hoss_roo
     with pytest.raises(WeightsError, match=r"model_final\.pth: .*210 patch entries, this model's grid is 16x8.*"
                                            r"MODEL\.STRIDE_SIZE.*config\.yaml"):
         test_entry.main(["--config_file", "configs/hoss/transoss.yml", *common, *evaluate])
-    results = test_entry.main(["--config_file", str(out / "config.yaml"), *evaluate])
+    # pointed at the run itself, test.py writes beside the run's records, never over them
+    records = {name: (out / name).read_bytes() for name in ("config.yaml", "train.log", "results.json")}
+    results = test_entry.main(["--config_file", str(out / "config.yaml"), "TEST.WEIGHT", str(out / "model_final.pth")])
     assert 0 < results["ALL"]["mAP"] <= 1
+    assert json.loads((out / "test" / "model_final" / "results.json").read_text()) == json.loads(json.dumps(results))
+    assert (out / "test" / "model_final" / "config.yaml").is_file()
+    assert all((out / name).read_bytes() == content for name, content in records.items())
     with pytest.raises(ShipReIDError, match=r"(?s)epoch_0001\.pth does not fit the model this config builds.*config\.yaml"):
         train_entry.main(["--config_file", "configs/hoss/transoss.yml", *common, "SOLVER.MAX_EPOCHS", "2",
                           "OUTPUT_DIR", str(out), "--resume"])
