@@ -17,7 +17,7 @@ from processor.engine import Trainer, unwrap, wrap_ddp
 from processor.hooks import CheckpointHook, Hook, ProgressHook
 from processor.setup import run_training, training_parts
 from solver import CosineWarmupScheduler
-from utils.cli import run_cli
+from utils.cli import describe, run_cli
 from utils.distributed import rank, world_size
 from utils.errors import ShipReIDError
 
@@ -56,7 +56,7 @@ def build_bbdm_trainer(cfg, device, logger) -> Trainer:
 
 
 def main(argv=None):
-    return run_training(argv, __doc__.split("\n")[0], "train_bbdm.log", build_bbdm_trainer)
+    return run_training(argv, describe(__doc__), "train_bbdm.log", build_bbdm_trainer)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from processor.engine import Trainer, unwrap, wrap_ddp
 from processor.hooks import CheckpointHook, ProgressHook
 from processor.setup import prepare_training, run_training
 from solver import CosineWarmupScheduler
-from utils.cli import run_cli
+from utils.cli import describe, run_cli
 from utils.distributed import rank, world_size
 from utils.errors import ShipReIDError
 
@@ -32,7 +32,7 @@ def build_pair_trainer(cfg, device, logger) -> Trainer:
 
 
 def main(argv=None):
-    return run_training(argv, __doc__.split("\n")[0], "train_pair.log", build_pair_trainer)
+    return run_training(argv, describe(__doc__), "train_pair.log", build_pair_trainer)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import add_config_args, load_config, parse_args  # noqa: E402
-from utils.cli import run_cli  # noqa: E402
+from utils.cli import describe, run_cli  # noqa: E402
 from utils.device import resolve_device  # noqa: E402
 from utils.metrics import evaluate_features, squared_euclidean  # noqa: E402
 
@@ -238,7 +238,7 @@ def bench_data(args, cfg) -> dict:
 
 
 def main(argv=None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=describe(__doc__))
     parser.add_argument("--mode", choices=("train", "infer", "eval", "rerank", "data"), required=True)
     parser.add_argument("--batch", type=int, default=64, help="images per step (train, infer)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps (train, infer) or batches (data)")

@@ -20,7 +20,7 @@ from configs import add_config_args, load_config, parse_args  # noqa: E402
 from model.bbdm.translator import build_translator  # noqa: E402
 from processor.optim_step import autocast_context  # noqa: E402
 from tools.benchmark import forward_flops, mfu_figures, peak_memory_gib, report, timed  # noqa: E402
-from utils.cli import run_cli  # noqa: E402
+from utils.cli import describe, run_cli  # noqa: E402
 from utils.device import resolve_device  # noqa: E402
 
 
@@ -74,7 +74,7 @@ def bench_sample(args, cfg, device) -> dict:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=describe(__doc__))
     parser.add_argument("--mode", choices=("train", "sample"), required=True)
     parser.add_argument("--pairs", type=int, default=16, help="train: optical-SAR pairs per step")
     parser.add_argument("--steps", type=int, default=10, help="timed steps (sample: a fifth of them, at least 1)")

@@ -15,7 +15,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from model.weights import checkpoint_filter_fn, detect_layout, read_state_dict, to_official  # noqa: E402
 from processor.checkpoint import atomic_save  # noqa: E402
-from utils.cli import run_cli  # noqa: E402
+from utils.cli import describe, run_cli  # noqa: E402
 
 TARGETS = ("shipreid", "official", "safetensors")
 
@@ -36,7 +36,7 @@ def convert(source: str, target: str, to: str) -> str:
 
 
 def main(argv=None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=describe(__doc__))
     parser.add_argument("source")
     parser.add_argument("target")
     parser.add_argument("--to", choices=TARGETS, required=True)

@@ -14,7 +14,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import load_config  # noqa: E402
 from datasets.synthetic import SyntheticSpec, ensure_synthetic  # noqa: E402
-from utils.cli import run_cli  # noqa: E402
+from utils.cli import describe, run_cli  # noqa: E402
 
 import train as train_entry  # noqa: E402
 
@@ -22,7 +22,7 @@ DEMO_CONFIG = "configs/demo/transoss.yml"
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=describe(__doc__))
     parser.add_argument("--config_file", default=DEMO_CONFIG)
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic dataset")
     parser.add_argument("opts", nargs="*", default=[], metavar="KEY VALUE", help="config overrides")

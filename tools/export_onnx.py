@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import load_config  # noqa: E402
 from model import build_model  # noqa: E402
 from model.weights import load_weights  # noqa: E402
-from utils.cli import run_cli  # noqa: E402
+from utils.cli import describe, run_cli  # noqa: E402
 from utils.errors import ShipReIDError  # noqa: E402
 
 # largest |onnxruntime - pytorch| accepted by the check
@@ -64,7 +64,7 @@ def export(cfg, weights: str, out: str) -> float:
 
 
 def main(argv=None) -> float:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=describe(__doc__))
     parser.add_argument("--config_file", required=True)
     parser.add_argument("--weights", required=True)
     parser.add_argument("--out", required=True)

@@ -29,7 +29,7 @@ from datasets.records import OPTICAL  # noqa: E402
 from datasets.transforms import ResizeToTensor  # noqa: E402
 from model.bbdm.translator import build_translator, load_translator_weights, to_uint8_grey  # noqa: E402
 from processor.setup import setup_run  # noqa: E402
-from utils.cli import run_cli  # noqa: E402
+from utils.cli import describe, run_cli  # noqa: E402
 from utils.distributed import barrier, is_main, rank, world_size  # noqa: E402
 
 
@@ -56,7 +56,7 @@ def load_translator(cfg, device):
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=describe(__doc__))
     parser.add_argument("--chips-per-batch", type=int, default=8,
                         help="optical chips sampled together (each with its K samples); results do not depend on it")
     args = parse_args(add_config_args(parser), argv)

@@ -16,11 +16,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from datasets.hoss import HOSS, PROTOCOLS, format_statistics, statistics_rows  # noqa: E402
 from datasets.pairs import scan_pairs  # noqa: E402
 from datasets.synthetic import SyntheticSpec, ensure_synthetic  # noqa: E402
-from utils.cli import run_cli  # noqa: E402
+from utils.cli import describe, run_cli  # noqa: E402
 
 
 def main(argv=None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=describe(__doc__))
     parser.add_argument("--root", default="data/synthetic", help="folder to create (holds HOSS/ and OptiSar_Pair/)")
     for field in fields(SyntheticSpec):
         parser.add_argument(f"--{field.name.replace('_', '-')}", type=int, default=field.default)

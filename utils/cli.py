@@ -1,4 +1,4 @@
-"""What every command-line entry point does around its `main`: user errors without a traceback."""
+"""What every command-line entry point shares: its --help description, and user errors without a traceback."""
 from __future__ import annotations
 
 import sys
@@ -6,6 +6,17 @@ from typing import Callable
 
 from .distributed import cleanup
 from .errors import ShipReIDError
+
+
+def describe(doc: str) -> str:
+    """An entry point's --help description: the first paragraph of its module docstring on one line (its first
+    line alone would cut a sentence that wraps onto the next). The paragraph ends at a blank or indented line."""
+    lines = []
+    for line in doc.strip().splitlines():
+        if not line.strip() or line.startswith((" ", "\t")):
+            break
+        lines.append(line.strip())
+    return " ".join(lines)
 
 
 def run_cli(main: Callable) -> None:
