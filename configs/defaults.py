@@ -196,7 +196,9 @@ _C.TEST = CN()
 _C.TEST.WEIGHT = ""
 # Images per inference batch.
 _C.TEST.IMS_PER_BATCH = 256
-# Test feature: "before" the BN neck (official) or "after" it.
+# Test feature: "before" the BN neck (official TransOSS, MOS) or "after" it; "auto": what the released code of
+# the method evaluates, BN(f) for a disentangled SDF-Net model (MODEL.SDF.DFL on) and the pre-neck f otherwise
+# (so the SDF-Net recipe's DFL-off ablation is evaluated as the released code evaluates it). The log names it.
 _C.TEST.NECK_FEAT = "before"
 # L2-normalise features before the squared Euclidean distance (official: always on).
 _C.TEST.FEAT_NORM = True

@@ -16,6 +16,9 @@ FUSIONS = ("sum", "shared", "specific", "concat")
 
 
 class ClassTokenHead(nn.Module):
+    disentangled = False
+    feature_name = "the class token"
+
     def __init__(self, embed_dim: int):
         super().__init__()
         self.out_dim = embed_dim
@@ -32,6 +35,10 @@ class DisentangledHead(nn.Module):
     the class token. Fusion: "sum" (default), "shared" or "specific" alone, or "concat" (twice the width).
     """
 
+    disentangled = True
+    _FEATURE_NAMES = {"sum": "f_shared + f_specific", "shared": "f_shared", "specific": "f_specific",
+                      "concat": "[f_shared; f_specific]"}
+
     def __init__(self, embed_dim: int, mode: str = "tokens", fusion: str = "sum"):
         super().__init__()
         if mode not in DFL_MODES[1:]:
@@ -39,6 +46,7 @@ class DisentangledHead(nn.Module):
         if fusion not in FUSIONS:
             raise ShipReIDError(f"MODEL.SDF.FUSION must be one of {FUSIONS}, got {fusion!r}")
         self.mode, self.fusion = mode, fusion
+        self.feature_name = f"{self._FEATURE_NAMES[fusion]} (MODEL.SDF.DFL {mode}, MODEL.SDF.FUSION {fusion})"
         self.out_dim = 2 * embed_dim if fusion == "concat" else embed_dim
         if mode == "linear":
             self.shared = nn.Linear(embed_dim, embed_dim)

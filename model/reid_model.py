@@ -10,6 +10,17 @@ from utils.errors import ShipReIDError
 from .structure import structure_descriptor
 
 NECK_FEATS = ("before", "after")
+AUTO_NECK_FEAT = "auto"
+
+
+def resolve_neck_feat(neck_feat: str, disentangled: bool) -> str:
+    """TEST.NECK_FEAT with "auto" resolved: after the neck for a disentangled (SDF-Net DFL) model, as its released
+    code evaluates one, before it otherwise."""
+    if neck_feat == AUTO_NECK_FEAT:
+        return "after" if disentangled else "before"
+    if neck_feat not in NECK_FEATS:
+        raise ShipReIDError(f"TEST.NECK_FEAT must be one of {NECK_FEATS + (AUTO_NECK_FEAT,)}, got {neck_feat!r}")
+    return neck_feat
 
 
 class PixelNormalizer(nn.Module):
@@ -99,12 +110,21 @@ class ReIDModel(nn.Module):
             outputs["logits"] = self.classifier(outputs["feat_bn"])
         return outputs
 
+    @property
+    def disentangled(self) -> bool:
+        return self.head.disentangled
+
+    def test_feature(self, neck_feat: str) -> str:
+        """The test feature `embed(batch, neck_feat)` returns, in words (for the log)."""
+        feat = self.head.feature_name
+        return f"BN({feat}) after the neck" if resolve_neck_feat(neck_feat, self.disentangled) == "after" else \
+            f"{feat} before the BN neck"
+
     @torch.no_grad()
     def embed(self, batch: dict, neck_feat: str = "before", flip: bool = False) -> torch.Tensor:
         """The test feature: pre-neck ("before", official) or post-neck ("after"); with `flip` (TEST.FLIP_FEATS)
         the mean of the image's and its left-right mirror's features."""
-        if neck_feat not in NECK_FEATS:
-            raise ShipReIDError(f"TEST.NECK_FEAT must be one of {NECK_FEATS}, got {neck_feat!r}")
+        neck_feat = resolve_neck_feat(neck_feat, self.disentangled)
         if neck_feat == "after" and self.neck is None:
             raise ShipReIDError("TEST.NECK_FEAT after: this model has no BN neck (a pretraining backbone); use before")
         key = "feat" if neck_feat == "before" else "feat_bn"

@@ -36,12 +36,27 @@ _OFFICIAL_TO_OURS = [
 _DEAD_BACKBONE_PREFIXES = ("fc.", "head.", "head_dist.", "fc_norm.")
 # backbone parts a config can switch off, with the switch: an initialisation checkpoint may hold them while the
 # model does not (the ablation rows start from the recipe's backbone), or lack them (they keep their own init)
-_SWITCHABLE = {
-    "backbone.patch_embed.sar.": "MODEL.DUAL_PATCH_EMBED False",
-    "backbone.mie_embed": "MODEL.MIE False",
-    "backbone.size_embed.": "MODEL.SSE False",
-    "backbone.spec_tokens": "MODEL.SDF.DFL other than tokens",
+_SWITCHABLE = {  # key prefix: (the switch that leaves it out, the switch that builds it)
+    "backbone.patch_embed.sar.": ("MODEL.DUAL_PATCH_EMBED False", "MODEL.DUAL_PATCH_EMBED True"),
+    "backbone.mie_embed": ("MODEL.MIE False", "MODEL.MIE True"),
+    "backbone.size_embed.": ("MODEL.SSE False", "MODEL.SSE True"),
+    "backbone.spec_tokens": ("MODEL.SDF.DFL other than tokens", "MODEL.SDF.DFL tokens"),
 }
+
+
+def _switch(key: str) -> tuple[str, str] | None:
+    return next((switches for prefix, switches in _SWITCHABLE.items() if key.startswith(prefix)), None)
+
+
+def _switch_hints(unexpected: list, missing: list) -> list[str]:
+    """Which config switch explains keys the file has and the model lacks, or the reverse."""
+    hints = []
+    for keys, index, reason in ((unexpected, 1, "the file has {} but this config builds no such module"),
+                                (missing, 0, "the model needs {} but the file was trained without it")):
+        for switch in dict.fromkeys(_switch(k)[index] for k in keys if _switch(k)):
+            prefix = next(p for p, s in _SWITCHABLE.items() if s[index] == switch)
+            hints.append(f"{reason.format(prefix + '*')}: set {switch} as the file's model was trained")
+    return hints
 _OPTIONAL_AT_INIT = (*_SWITCHABLE, "head.")
 # SDF-Net's modality-specific class tokens, in modality order (OPTICAL, SAR), and our stacked parameter
 _OFFICIAL_SPEC_TOKENS = ("cls_token_spe_rgb", "cls_token_spe_sar")
@@ -64,18 +79,29 @@ class LoadReport:
     unexpected: list = field(default_factory=list)
     mismatched: list = field(default_factory=list)
     notes: list = field(default_factory=list)
+    hints: list = field(default_factory=list)        # config switches that explain the problems
+
+    def problems(self) -> str:
+        """What does not fit, first the unexpected and mismatched keys, with the switches that explain them."""
+        lines = [f"{title}: {_key_list(keys)}" for title, keys in (
+            ("unexpected", self.unexpected), ("shape mismatch", self.mismatched), ("missing", self.missing)) if keys]
+        return "\n  ".join(lines + self.hints)
 
     def summary(self) -> str:
         text = (f"{os.path.basename(self.path)} ({self.layout}): loaded {len(self.loaded)}, "
                 f"missing {len(self.missing)}, ignored {len(self.ignored)}, unexpected {len(self.unexpected)}, "
                 f"shape mismatches {len(self.mismatched)}")
+        if self.problems():
+            text += f"\n  {self.problems()}"
+        if self.ignored:
+            text += f"\n  ignored: {_key_list(self.ignored)}"
         for note in self.notes:
             text += f"\n  {note}"
-        for title, keys in (("missing", self.missing), ("unexpected", self.unexpected),
-                            ("shape mismatch", self.mismatched)):
-            if keys:
-                text += f"\n  {title}: {', '.join(map(str, keys[:8]))}{' ...' if len(keys) > 8 else ''}"
         return text
+
+
+def _key_list(keys: list, shown: int = 8) -> str:
+    return ", ".join(map(str, keys[:shown])) + (f" ... ({len(keys)} in all)" if len(keys) > shown else "")
 
 
 def read_state_dict(path: str) -> dict:
@@ -286,12 +312,12 @@ def load_weights(model, path: str, mode: str = "full", strict: bool = True,
         if (mode == "init" and not key.startswith("backbone.")) or (key.startswith("classifier.") and key not in own):
             report.ignored.append(key)  # heads that this run does not use or rebuilds
         elif key not in own:
-            switch = next((v for k, v in _SWITCHABLE.items() if key.startswith(k)), None) if mode == "init" else None
+            switch = _switch(key) if mode == "init" else None
             if switch is None:
                 report.unexpected.append(key)
             else:
                 report.ignored.append(key)
-                switched_off.setdefault(switch, []).append(key)
+                switched_off.setdefault(switch[0], []).append(key)
         elif value.shape != own[key].shape:
             if key.startswith("classifier."):
                 report.ignored.append(key)  # trained on other identities; rebuilt for this run
@@ -313,11 +339,10 @@ def load_weights(model, path: str, mode: str = "full", strict: bool = True,
         report.missing.append(key)
     report.loaded = sorted(to_load)
 
-    problems = report.unexpected + report.mismatched + report.missing
-    if problems and strict:
-        raise WeightsError(f"{path} does not fit the model: " + report.summary().split("\n", 1)[-1].strip()
-                           + "\nCheck MODEL.* sizes against the checkpoint, or set MODEL.STRICT_LOAD False to load "
-                           "what fits")
+    report.hints = _switch_hints(report.unexpected, report.missing)
+    if report.problems() and strict:
+        raise WeightsError(f"{path} does not fit the model:\n  {report.problems()}\nCheck MODEL.* sizes and switches "
+                           "against the checkpoint, or set MODEL.STRICT_LOAD False to load what fits")
     model.load_state_dict(to_load, strict=False)
     logger.info("loaded weights %s", report.summary())
     return report

@@ -45,6 +45,7 @@ class Evaluator:
 
     def __init__(self, cfg, protocols: list[Protocol]):
         self.cfg = cfg
+        self.logged_feature = False
         unique = {r.path: r for p in protocols for r in p.query + p.gallery}
         usable, self.cache = screen(cfg, list(unique.values()), ChipDecoder.from_config(cfg))
         keep = {r.path for r in usable}
@@ -67,6 +68,10 @@ class Evaluator:
         """
         was_training = model.training
         model.eval()
+        if not self.logged_feature:
+            logger.info("test feature: %s (TEST.NECK_FEAT %s), %s", model.test_feature(self.cfg.TEST.NECK_FEAT),
+                        self.cfg.TEST.NECK_FEAT, "L2-normalised" if self.cfg.TEST.FEAT_NORM else "not normalised")
+            self.logged_feature = True
         rows = list(range(rank(), num_rows, world_size()))
         feats = []
         for batch in tqdm(loader_for(rows), desc=desc, unit="batch", leave=False, dynamic_ncols=True,

@@ -94,3 +94,28 @@ def test_switched_off_modules_are_left_out_at_init_only(pretrained_files, overri
     torch.save(state, path)
     with pytest.raises(WeightsError, match="unexpected: backbone.blocks.0.extra.weight"):
         load_weights(build_model(cfg), path, mode="init")
+
+
+@pytest.mark.parametrize("trained,evaluated,first_problem,hint", [
+    ([], ["MODEL.SSE", "False"], "unexpected: backbone.size_embed.weight, backbone.size_embed.bias",
+     "the file has backbone.size_embed.* but this config builds no such module: set MODEL.SSE True"),
+    (["MODEL.MIE", "False"], [], "missing: backbone.mie_embed",
+     "the model needs backbone.mie_embed* but the file was trained without it: set MODEL.MIE False")])
+def test_a_strict_load_failure_leads_with_the_cause(tmp_path, trained, evaluated, first_problem, hint):
+    """Evaluating a model with another module switch: the message starts with what does not fit and names the
+    switch to set, before any note."""
+    path = tmp_path / "trained.pth"
+    torch.save(build_model(load_config("configs/hoss/transoss.yml", [*TINY_MODEL, *trained])).state_dict(), path)
+    with pytest.raises(WeightsError) as caught:
+        load_weights(build_model(load_config("configs/hoss/transoss.yml", [*TINY_MODEL, *evaluated])), str(path),
+                     mode="full")
+    lines = str(caught.value).splitlines()
+    assert lines[0].endswith("trained.pth does not fit the model:")
+    assert lines[1].strip() == first_problem and lines[2].strip() == hint + " as the file's model was trained"
+    assert "keeps its initialisation" not in str(caught.value)
+
+
+def test_the_load_report_names_the_ignored_keys(pretrained_files):
+    model = build_model(load_config("configs/hoss/transoss.yml", [*TINY_MODEL, "MODEL.SSE", "False"]))
+    report = load_weights(model, pretrained_files["raw_pretraining"], mode="init")
+    assert "ignored: " in report.summary() and "base.fc.weight" in report.summary().split("ignored: ")[1]

@@ -227,3 +227,36 @@ def test_full_size_model_has_the_official_key_layout(golden_dir, method, config)
     if method == "sdfnet":
         dead |= {k for k in official if k.startswith("bottleneck.")}
     assert ours == {k: tuple(v) for k, v in official.items() if k not in dead}
+
+
+def test_dfl_off_row_is_evaluated_on_the_pre_neck_feature(golden_dir, hoss_root, tmp_path):
+    """`configs/hoss/sdfnet.yml MODEL.SDF.DFL off` (the "SCL only" row): TEST.NECK_FEAT auto gives the pre-neck
+    class token, as the released code evaluates a model that is not disentangled: on the official TransOSS
+    checkpoint, exactly the official TransOSS features; the log names the feature."""
+    import numpy as np
+
+    import test as test_entry
+    out = tmp_path / "out"
+    test_entry.main(["--config_file", "configs/hoss/sdfnet.yml", "DATASETS.ROOT_DIR", hoss_root, *TINY_MODEL,
+                     "MODEL.SDF.DFL", "off", "MODEL.SDF.STRUCT_LAYER", "1", "MODEL.DEVICE", "cpu",
+                     "DATALOADER.NUM_WORKERS", "0", "TEST.SAVE_FEATS", "True", "DATASETS.PROTOCOLS", "['ALL']",
+                     "TEST.WEIGHT", os.path.join(golden_dir, "transoss_tiny", "transoss_tiny_official_format.pth"),
+                     "OUTPUT_DIR", str(out)])
+    ours = np.load(out / "features_ALL.npz")["feats"]
+    official = np.load(os.path.join(golden_dir, "transoss_tiny", "features_ALL.npz"))["feats"]
+    assert np.abs(ours - official).max() < 1e-5
+    assert "test feature: the class token before the BN neck (TEST.NECK_FEAT auto)" in (out / "test.log").read_text()
+
+
+@pytest.mark.parametrize("dfl,expected", [("off", "before"), ("tokens", "after"), ("linear", "after")])
+def test_auto_neck_feature_follows_the_dfl_switch(dfl, expected):
+    torch.manual_seed(0)
+    model = build_model(load_config("configs/hoss/sdfnet.yml", [*TINY_MODEL, "MODEL.SDF.STRUCT_LAYER", "1",
+                                                                  "MODEL.SDF.DFL", dfl])).eval()
+    with torch.no_grad():
+        model.neck.running_mean.normal_()  # a neck that changes the feature
+    batch = {"image": torch.randint(0, 256, (3, 3, 256, 128), dtype=torch.uint8), "modality": torch.tensor([0, 1, 0]),
+             "size": torch.randn(3, 3)}
+    auto = model.embed(batch, "auto")
+    assert torch.equal(auto, model.embed(batch, expected))
+    assert not torch.equal(auto, model.embed(batch, {"before": "after", "after": "before"}[expected]))
