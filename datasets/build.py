@@ -1,6 +1,8 @@
 """Dataset registry and loader builders."""
 from __future__ import annotations
 
+import logging
+import os
 import random
 
 import numpy as np
@@ -19,6 +21,9 @@ from .screening import screen_records
 from .ship_size import ShipSizeEncoder
 from .transforms import build_test_transform, build_train_transform
 
+logger = logging.getLogger("shipreid.data")
+_reported_caps: set[tuple[int, int]] = set()  # (requested, available) worker caps already logged
+
 DATASETS = Registry("dataset")
 DATASETS.register("HOSS")(HOSS)
 
@@ -33,12 +38,30 @@ def screen(cfg, records, decoder) -> tuple[list[ChipRecord], dict]:
     return screen_records(records, decoder, cfg.DATALOADER.ON_BAD_IMAGE, cache_bytes)
 
 
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. a container's or a job's share), else all."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def loader_workers(cfg) -> int:
+    """DATALOADER.NUM_WORKERS, capped at the available CPUs (more workers than CPUs only compete for them)."""
+    requested, cpus = cfg.DATALOADER.NUM_WORKERS, available_cpus()
+    if requested <= cpus:
+        return requested
+    if (requested, cpus) not in _reported_caps:  # once per process, not at every evaluation's loader
+        _reported_caps.add((requested, cpus))
+        logger.info("DATALOADER.NUM_WORKERS %d capped at %d, the CPUs available to this process", requested, cpus)
+    return cpus
+
+
 def build_test_loader(cfg, records: list[ChipRecord], cache: dict | None = None) -> DataLoader:
     """`cache`: decoded chips kept by the evaluator's screening pass (path -> pixels, size), read instead of the
     files."""
     dataset = ChipDataset(records, ChipDecoder.from_config(cfg), ShipSizeEncoder.from_config(cfg),
                           build_test_transform(cfg), cache=cache)
-    workers = cfg.DATALOADER.NUM_WORKERS
+    workers = loader_workers(cfg)
     return DataLoader(dataset, batch_size=cfg.TEST.IMS_PER_BATCH, shuffle=False, num_workers=workers,
                       persistent_workers=False, pin_memory=False)
 
@@ -57,7 +80,7 @@ def seed_worker(worker_id: int) -> None:
 def training_loader(cfg, dataset, batch_sampler, **extra) -> DataLoader:
     """A DataLoader over seeded batches. It draws its worker seeds from its own generator, not the global one,
     so starting an epoch's iterator (also when resuming inside an epoch) leaves the model's RNG untouched."""
-    workers = cfg.DATALOADER.NUM_WORKERS
+    workers = loader_workers(cfg)
     return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=workers, persistent_workers=workers > 0,
                       worker_init_fn=seed_worker, pin_memory=torch.cuda.is_available(),
                       generator=torch.Generator().manual_seed(cfg.SEED), **extra)

@@ -63,13 +63,13 @@ def test_ranked_list_pictures_from_test_py(golden_dir, hoss_root, tmp_path):
 
 def test_embedding_plot_tool(hoss_root, golden_dir, tmp_path):
     from tools.embedding_plot import main as plot_main
-    from utils.embedding_plot import PANEL, TITLE
+    from utils.embedding_plot import PANEL, picture_size
     weights = os.path.join(golden_dir, "transoss_tiny", "transoss_tiny_official_format.pth")
     path = plot_main(["--config_file", "configs/hoss/transoss.yml", "--weights", weights, "--out",
                       str(tmp_path / "e.png"), "--protocol", "O2S", "DATASETS.ROOT_DIR", hoss_root,
                       "MODEL.PRETRAIN_PATH", "", "DATALOADER.NUM_WORKERS", "0", "MODEL.DEVICE", "cpu", *TINY_MODEL])
     with Image.open(path) as picture:
-        assert picture.size == (2 * PANEL, PANEL + TITLE)
+        assert picture.size == picture_size(2)
         pixels = np.asarray(picture.convert("RGB"))
     # both panels hold markers: optical circles and SAR squares drawn in identity colours (non-grey pixels)
     coloured = (pixels.max(-1).astype(int) - pixels.min(-1)) > 60

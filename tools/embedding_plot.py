@@ -20,13 +20,13 @@ from datasets import build_dataset  # noqa: E402
 from model import build_model  # noqa: E402
 from model.weights import load_weights  # noqa: E402
 from processor.evaluator import Evaluator  # noqa: E402
-from utils.cli import run_cli  # noqa: E402
+from utils.cli import describe, run_cli  # noqa: E402
 from utils.device import resolve_device  # noqa: E402
 from utils.embedding_plot import draw_embedding  # noqa: E402
 
 
 def main(argv=None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=describe(__doc__))
     parser.add_argument("--config_file", required=True)
     parser.add_argument("--weights", required=True, help="the trained model")
     parser.add_argument("--out", required=True, help="output .png")

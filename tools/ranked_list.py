@@ -20,13 +20,13 @@ from configs import load_config  # noqa: E402
 from datasets import build_dataset  # noqa: E402
 from datasets.radiometry import ChipDecoder  # noqa: E402
 from processor.evaluator import ranking_distances  # noqa: E402
-from utils.cli import run_cli  # noqa: E402
+from utils.cli import describe, run_cli  # noqa: E402
 from utils.errors import ShipReIDError  # noqa: E402
 from utils.ranked_list import draw_ranked_lists  # noqa: E402
 
 
 def main(argv=None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=describe(__doc__))
     parser.add_argument("--features", required=True, help="features_<protocol>.npz written by test.py")
     parser.add_argument("--config_file", required=True)
     parser.add_argument("--out", required=True)

@@ -1,14 +1,16 @@
 """Ranked-list pictures: each row is a query chip followed by its top-k gallery chips, framed green for the
-same identity and red otherwise, with modality and distance under each chip (SAR drawn with the configured
-radiometry)."""
+same identity and red otherwise. Under each chip: its identity and modality, and under each result its distance
+to the query with enough digits to tell neighbours apart (SAR drawn with the configured radiometry)."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-TILE_W, TILE_H = 48, 128          # every chip is resized to this portrait tile
-BORDER, GAP, CAPTION = 3, 6, 24   # frame width, space between tiles, caption height (pixels)
+TILE_W, TILE_H = 64, 128          # every chip is resized to this portrait tile
+BORDER, GAP, CAPTION = 3, 6, 26   # frame width, space between tiles, caption height: two lines (pixels)
+LINE = 12                         # caption line height (pixels, PIL's default 10 px font)
+MIN_DIGITS, MAX_DIGITS = 4, 9     # significant digits of the distances shown
 QUERY_FRAME, HIT, MISS, TEXT = (40, 90, 220), (30, 170, 60), (210, 40, 40), (20, 20, 20)
 MODALITY_LABEL = {0: "OPT", 1: "SAR"}
 
@@ -17,6 +19,23 @@ def _tile(pixels: np.ndarray, colour) -> Image.Image:
     framed = Image.new("RGB", (TILE_W + 2 * BORDER, TILE_H + 2 * BORDER), colour)
     framed.paste(Image.fromarray(pixels).resize((TILE_W, TILE_H), Image.BILINEAR), (BORDER, BORDER))
     return framed
+
+
+def chip_label(record, query: bool = False) -> str:
+    """The identity line under a chip: "Q" for the query, the pid as written in the file name (-1 = distractor),
+    and the modality."""
+    return f"{'Q ' if query else ''}id {record.pid} {MODALITY_LABEL[record.modality]}"
+
+
+def distance_labels(distances) -> list[str]:
+    """Distances of one ranked row as text: MIN_DIGITS significant digits, more where two consecutive distances
+    that differ would otherwise print the same (up to MAX_DIGITS)."""
+    values = [float(d) for d in distances]
+    for digits in range(MIN_DIGITS, MAX_DIGITS + 1):
+        labels = [f"{v:#.{digits}g}" for v in values]
+        if all(a != b for a, b, x, y in zip(labels, labels[1:], values, values[1:]) if x != y):
+            return labels
+    return labels
 
 
 def grid_size(num_rows: int, top_k: int) -> tuple[int, int]:
@@ -39,14 +58,15 @@ def draw_ranked_lists(query, gallery, dist: torch.Tensor, decode, path: str, num
     order = torch.sort(dist[:num_rows], dim=1, stable=True)
     for row in range(num_rows):
         y = GAP + row * cell_h
+        caption_y = y + TILE_H + 2 * BORDER + 1
         q = query[row]
         canvas.paste(_tile(decode(q), QUERY_FRAME), (GAP, y))
-        draw.text((GAP, y + TILE_H + 2 * BORDER + 2), f"Q {MODALITY_LABEL[q.modality]}", fill=TEXT)
-        for rank in range(top_k):
+        draw.text((GAP, caption_y), chip_label(q, query=True), fill=TEXT)
+        for rank, distance in enumerate(distance_labels(order.values[row, :top_k])):
             g = gallery[int(order.indices[row, rank])]
             x = GAP + (rank + 1) * cell_w
             canvas.paste(_tile(decode(g), HIT if g.pid == q.pid else MISS), (x, y))
-            draw.text((x, y + TILE_H + 2 * BORDER + 2),
-                      f"{MODALITY_LABEL[g.modality]}  {float(order.values[row, rank]):.2f}", fill=TEXT)
+            draw.text((x, caption_y), chip_label(g), fill=TEXT)
+            draw.text((x, caption_y + LINE), distance, fill=TEXT)
     canvas.save(path)
     return path
