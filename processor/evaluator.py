@@ -13,7 +13,7 @@ from tqdm import tqdm
 from torch.utils.data import DataLoader
 
 from datasets import build_test_loader
-from datasets.build import screen
+from datasets.build import loader_workers, screen
 from datasets.hoss import Protocol
 from datasets.pseudo_sar import PseudoSarDataset, read_entry
 from datasets.radiometry import ChipDecoder
@@ -119,7 +119,7 @@ class Evaluator:
 
         def loader_for(rows):
             return DataLoader(torch.utils.data.Subset(dataset, rows), batch_size=self.cfg.TEST.IMS_PER_BATCH,
-                              shuffle=False, num_workers=self.cfg.DATALOADER.NUM_WORKERS)
+                              shuffle=False, num_workers=loader_workers(self.cfg))
 
         pseudo = self._embed(model, device, loader_for, len(entries), "embed pseudo-SAR")
         fused = feats.clone()
