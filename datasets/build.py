@@ -29,7 +29,8 @@ DATASETS.register("HOSS")(HOSS)
 
 
 def build_dataset(cfg):
-    return DATASETS.get(cfg.DATASETS.NAMES, "DATASETS.NAMES")(cfg.DATASETS.ROOT_DIR)
+    return DATASETS.get(cfg.DATASETS.NAMES, "DATASETS.NAMES")(cfg.DATASETS.ROOT_DIR,
+                                                              on_bad_image=cfg.DATALOADER.ON_BAD_IMAGE)
 
 
 def screen(cfg, records, decoder) -> tuple[list[ChipRecord], dict]:
@@ -116,7 +117,8 @@ def build_pair_loader(cfg, rank: int = 0, world_size: int = 1, source: str = "op
     if source not in PAIR_SOURCES:
         raise DatasetError(f"pair source must be one of {PAIR_SOURCES}, got {source!r}")
     pairs = scan_pairs(cfg.DATASETS.ROOT_DIR) if source == "optisar" else identity_pairs(build_dataset(cfg).train)
-    decoder = ChipDecoder.from_config(cfg)
+    # pretraining chips in other 8-bit modes are converted as the official pair reader does; HOSS chips stay strict
+    decoder = ChipDecoder.from_config(cfg, convert_8bit=source == "optisar")
     usable, cache = screen(cfg, [record for pair in pairs for record in pair], decoder)
     usable_paths = {r.path for r in usable}
     pairs = [(o, s) for o, s in pairs if o.path in usable_paths and s.path in usable_paths]

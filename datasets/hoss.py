@@ -5,6 +5,7 @@ import os
 from dataclasses import dataclass
 
 from .records import DISTRACTOR_PID, OPTICAL, SAR, ChipRecord, DatasetError, relabel, scan_hoss_folder
+from .screening import POLICIES
 
 PROTOCOLS = ("ALL", "O2S", "S2O")
 # protocol -> (query modality, gallery modality) for the cross-modal protocols
@@ -29,20 +30,27 @@ def derive_cross_modal(name: str, query: list[ChipRecord], gallery: list[ChipRec
 
 
 class HOSS:
-    """HOSS ReID in the release layout under `<root>/HOSS`. Splits are read on first use."""
+    """HOSS ReID in the release layout under `<root>/HOSS`. Splits are read on first use.
+
+    `on_bad_image` (DATALOADER.ON_BAD_IMAGE): a chip whose name breaks the convention raises ("error") or is left
+    out and logged ("skip"). Files that are not chips (hidden files, other extensions) are always ignored.
+    """
 
     folder = "HOSS"
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, on_bad_image: str = "error"):
+        if on_bad_image not in POLICIES:
+            raise DatasetError(f"DATALOADER.ON_BAD_IMAGE must be one of {POLICIES}, got {on_bad_image!r}")
         self.root = os.path.join(root, self.folder)
         if not os.path.isdir(self.root):
             raise DatasetError(f"HOSS folder not found: {self.root}; set DATASETS.ROOT_DIR to the folder "
                                "that contains HOSS/")
+        self.on_bad_image = on_bad_image
         self._splits: dict[str, list[ChipRecord]] = {}
 
     def split(self, name: str) -> list[ChipRecord]:
         if name not in self._splits:
-            self._splits[name] = scan_hoss_folder(os.path.join(self.root, name))
+            self._splits[name] = scan_hoss_folder(os.path.join(self.root, name), self.on_bad_image == "skip")
         return self._splits[name]
 
     @property

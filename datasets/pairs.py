@@ -2,10 +2,12 @@
 
 Layout `<root>/OptiSar_Pair/<folder>/<scene>_<pairid>_..._<RGB|SAR>.<tif|png>`: the pair id is the second
 `_`-separated token and the modality the last. Pairs are keyed by (folder, pair id), so equal ids in
-different folders never pair up (the official reader merged them).
+different folders never pair up (the official reader merged them). Optical chips and SAR PNGs may be in any
+8-bit PIL mode (converted to RGB on reading, see radiometry.ChipDecoder); SAR TIFFs are float32 amplitude.
 """
 from __future__ import annotations
 
+import logging
 import os
 from collections import defaultdict
 from typing import Iterator
@@ -17,45 +19,95 @@ from torch.utils.data import Dataset, Sampler
 from utils.errors import ShipReIDError
 
 from .chip_dataset import ChipDataset
-from .records import MODALITY_TAGS, OPTICAL, SAR, ChipRecord, DatasetError
+from .records import (MODALITY_TAGS, OPTICAL, PAIR_FOLDER, SAR, ChipRecord, DatasetError, ignored_note,
+                      is_chip_name, list_chip_files)
 
-PAIR_FOLDER = "OptiSar_Pair"
+logger = logging.getLogger("shipreid.data")
 PAIR_EXTENSIONS = (".tif", ".png")
+Pair = tuple[ChipRecord, ChipRecord]
 
 
-def scan_pairs(root: str) -> list[tuple[ChipRecord, ChipRecord]]:
-    """Every (optical, SAR) pair: the cartesian product of each key's optical and SAR files."""
+def parse_pair_name(path: str) -> ChipRecord:
+    name = os.path.basename(path)
+    stem, ext = os.path.splitext(name)
+    tokens = stem.split("_")
+    if ext.lower() not in PAIR_EXTENSIONS or len(tokens) < 3 or tokens[-1] not in MODALITY_TAGS:
+        raise DatasetError(f"{path}: pair file names must look like '<scene>_<pairid>_<RGB|SAR>.tif' "
+                           "(.png also accepted); rename or remove the file")
+    return ChipRecord(path, -1, MODALITY_TAGS[tokens[-1]])
+
+
+def pair_key(path: str) -> tuple[str, str]:
+    """(sub-folder, pair id) of a pair file."""
+    return os.path.basename(os.path.dirname(path)), os.path.basename(path).split("_")[1]
+
+
+def scan_pair_files(root: str) -> tuple[list[ChipRecord], list[str]]:
+    """(a record per chip of `<root>/OptiSar_Pair/<folder>/`, its names checked; a note per folder that holds
+    entries that are not chips: hidden files, other extensions, nested folders)."""
     base = os.path.join(root, PAIR_FOLDER)
     if not os.path.isdir(base):
         raise DatasetError(f"pair folder not found: {base}; DATASETS.ROOT_DIR must contain {PAIR_FOLDER}/")
+    folders, ignored = [], []
+    for name in sorted(os.listdir(base)):
+        path = os.path.join(base, name)
+        if is_chip_name(name):
+            raise DatasetError(f"{path}: {PAIR_FOLDER}/ must contain only sub-folders of pairs; move the file "
+                               "into one")
+        if os.path.isdir(path) and not name.startswith("."):
+            folders.append(path)
+        else:
+            ignored.append(name)
+    notes = [ignored_note(base, ignored)] if ignored else []
+    records = []
+    for folder in folders:
+        chips, ignored = list_chip_files(folder)
+        if ignored:
+            notes.append(ignored_note(folder, ignored))
+        records += [parse_pair_name(os.path.join(folder, name)) for name in chips]
+    return records, notes
+
+
+def group_pairs(records: list[ChipRecord]) -> tuple[list[Pair], list[ChipRecord]]:
+    """(every (optical, SAR) pair: the cartesian product of each key's optical and SAR files; the files whose
+    key has no partner of the other modality). Keys are (folder, pair id), so equal ids in different folders
+    never pair up (the official reader merged them)."""
     groups: dict[tuple[str, str], dict[int, list[ChipRecord]]] = defaultdict(lambda: defaultdict(list))
-    for folder in sorted(os.listdir(base)):
-        folder_path = os.path.join(base, folder)
-        if not os.path.isdir(folder_path):
-            raise DatasetError(f"{folder_path}: {PAIR_FOLDER}/ must contain only sub-folders of pairs")
-        for name in sorted(os.listdir(folder_path)):
-            path = os.path.join(folder_path, name)
-            stem, ext = os.path.splitext(name)
-            tokens = stem.split("_")
-            if ext.lower() not in PAIR_EXTENSIONS or len(tokens) < 3 or tokens[-1] not in MODALITY_TAGS:
-                raise DatasetError(f"{path}: pair file names must look like '<scene>_<pairid>_<RGB|SAR>.tif' "
-                                   "(.png also accepted); rename or remove the file")
-            modality = MODALITY_TAGS[tokens[-1]]
-            groups[(folder, tokens[1])][modality].append(ChipRecord(path, -1, modality))
-    pairs = []
+    for record in records:
+        groups[pair_key(record.path)][record.modality].append(record)
+    pairs, lone = [], []
     for key in sorted(groups):
         found = groups[key]
-        if not found[OPTICAL] or not found[SAR]:
-            lone = (found[OPTICAL] or found[SAR])[0].path
-            raise DatasetError(f"{lone}: pair id {key[1]} in folder {key[0]} has no "
-                               f"{'SAR' if not found[SAR] else 'optical'} partner; add it or remove the file")
-        pairs += [(o, s) for o in found[OPTICAL] for s in found[SAR]]
+        if found[OPTICAL] and found[SAR]:
+            pairs += [(o, s) for o in found[OPTICAL] for s in found[SAR]]
+        else:
+            lone += found[OPTICAL] + found[SAR]
+    return pairs, lone
+
+
+def lone_member_error(record: ChipRecord) -> DatasetError:
+    folder, pair_id = pair_key(record.path)
+    missing, tag = ("SAR", "SAR") if record.modality == OPTICAL else ("optical", "RGB")
+    return DatasetError(f"{record.path}: pair id {pair_id} in folder {folder} has no {missing} partner (a "
+                        f"'<scene>_{pair_id}_{tag}' file beside it); add the partner or remove the file")
+
+
+def scan_pairs(root: str) -> list[Pair]:
+    """Every (optical, SAR) pair under `<root>/OptiSar_Pair`. Entries that are not chips are ignored (one log
+    line per folder); a badly named chip or one without its partner raises, whatever DATALOADER.ON_BAD_IMAGE
+    says (only files that fail to decode are left to it)."""
+    records, notes = scan_pair_files(root)
+    for note in notes:
+        logger.info(note)
+    pairs, lone = group_pairs(records)
+    if lone:
+        raise lone_member_error(lone[0])
     if not pairs:
-        raise DatasetError(f"no pairs found under {base}")
+        raise DatasetError(f"no pairs found under {os.path.join(root, PAIR_FOLDER)}")
     return pairs
 
 
-def identity_pairs(records: list[ChipRecord]) -> list[tuple[ChipRecord, ChipRecord]]:
+def identity_pairs(records: list[ChipRecord]) -> list[Pair]:
     """Every (optical, SAR) pair of images of the same identity (e.g. the HOSS training split): these are
     the same ship, not co-registered views."""
     by_pid: dict[int, dict[int, list[ChipRecord]]] = defaultdict(lambda: defaultdict(list))

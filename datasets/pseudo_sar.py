@@ -1,6 +1,7 @@
 """The on-disk cache of generated pseudo-SAR chips (MOS cross-modal synthesis), keyed by source file.
 
-    <dir>/generator.json             what generated the cache (BBDM weights hash, steps, eta, seed, size)
+    <dir>/generator.json             what generated the cache (BBDM weights hash, steps, eta, seed, size, samples
+                                     per chip)
     <dir>/<source stem>/source.json  the optical source: name, SHA-1 of its bytes, pixel width and height
     <dir>/<source stem>/<k>.png      sample k (8-bit grey, 3 channels)
 
@@ -62,6 +63,16 @@ def check_generator(cache_dir: str, fingerprint: dict) -> None:
     with open(path + ".tmp", "w") as f:
         json.dump(fingerprint, f, indent=1)
     os.replace(path + ".tmp", path)
+
+
+def generator_samples(cache_dir: str) -> int | None:
+    """Samples per chip that the cache's generator wrote (None: no generator file yet, or one that predates the
+    count). A small file: read at start-up, before any chip."""
+    path = os.path.join(cache_dir, GENERATOR_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f).get("num_samples")
 
 
 def has_entry(cache_dir: str, record: ChipRecord) -> bool:

@@ -1,16 +1,21 @@
 """Decoding of chips to 8-bit RGB arrays, with the SAR amplitude-to-grey conversions."""
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .records import DatasetError, OPTICAL
+from .records import MODALITY_NAMES, OPTICAL, DatasetError
 
 RADIOMETRIES = ("max", "percentile", "db")
 # Added to the percentile range so that a constant chip does not divide by zero (MOS uses the same).
 PERCENTILE_EPS = 1e-8
 # Smallest amplitude taken into the log for the dB conversion.
 DB_FLOOR = 1e-10
+# PIL modes with 8-bit bands: Image.convert("RGB") keeps their values (alpha and padding bands are dropped).
+# Wider modes (I;16, I, F) would be clipped at 255 by the conversion, so they are refused instead.
+EIGHT_BIT_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr")
 
 
 def sar_max_to_uint8(amplitude: np.ndarray) -> np.ndarray:
@@ -33,27 +38,45 @@ def sar_db_to_uint8(amplitude: np.ndarray, db_min: float, db_max: float) -> np.n
 
 
 class ChipDecoder:
-    """Reads a chip file and returns (uint8 H x W x 3 array, (width, height) in pixels)."""
+    """Reads a chip file and returns (uint8 H x W x 3 array, (width, height) in pixels).
 
-    def __init__(self, sar_radiometry: str = "max", percentiles=(5.0, 100.0), db_range=(-40.0, 20.0)):
+    HOSS chips must be stored as released (optical 8-bit RGB, SAR float32 amplitude). With `convert_8bit` (the
+    OptiSar_Pair pretraining chips) files are read as the official pair reader reads them: optical chips and SAR
+    PNGs in any 8-bit mode are converted to RGB; SAR TIFFs are float32 amplitude as in HOSS.
+    """
+
+    def __init__(self, sar_radiometry: str = "max", percentiles=(5.0, 100.0), db_range=(-40.0, 20.0),
+                 convert_8bit: bool = False):
         if sar_radiometry not in RADIOMETRIES:
             raise DatasetError(f"INPUT.SAR_RADIOMETRY must be one of {RADIOMETRIES}, got {sar_radiometry!r}")
         self.sar_radiometry = sar_radiometry
         self.percentiles = tuple(float(p) for p in percentiles)
         self.db_range = tuple(float(d) for d in db_range)
+        self.convert_8bit = convert_8bit
 
     @classmethod
-    def from_config(cls, cfg) -> "ChipDecoder":
-        return cls(cfg.INPUT.SAR_RADIOMETRY, cfg.INPUT.SAR_PERCENTILES, cfg.INPUT.SAR_DB_RANGE)
+    def from_config(cls, cfg, convert_8bit: bool = False) -> "ChipDecoder":
+        return cls(cfg.INPUT.SAR_RADIOMETRY, cfg.INPUT.SAR_PERCENTILES, cfg.INPUT.SAR_DB_RANGE, convert_8bit)
 
     def __call__(self, path: str, modality: int) -> tuple[np.ndarray, tuple[int, int]]:
+        pixels, size, _ = self.decode(path, modality)
+        return pixels, size
+
+    def decode(self, path: str, modality: int) -> tuple[np.ndarray, tuple[int, int], Optional[str]]:
+        """(pixels, size, the PIL mode the chip was converted from to RGB, None when read as stored)."""
         image = open_image(path)
+        is_png = path.lower().endswith(".png")
+        if self.convert_8bit and (modality == OPTICAL or is_png):
+            pixels = convert_8bit_to_rgb(image, path, modality)
+            # RGB optical and grey SAR PNGs are the stored forms; anything else is worth a count in the log
+            converted = image.mode not in (("RGB",) if modality == OPTICAL else ("L", "RGB"))
+            return pixels, image.size, image.mode if converted else None
         if modality == OPTICAL:
-            return decode_optical(image, path), image.size
-        if image.mode == "L" and path.lower().endswith(".png"):
+            return decode_optical(image, path), image.size, None
+        if image.mode == "L" and is_png:
             # 8-bit SAR PNGs (SEN1-2 style pretraining pairs) are already grey levels
-            return np.repeat(np.asarray(image, dtype=np.uint8)[:, :, None], 3, axis=2), image.size
-        return self.sar_to_rgb(decode_sar(image, path)), image.size
+            return np.repeat(np.asarray(image, dtype=np.uint8)[:, :, None], 3, axis=2), image.size, None
+        return self.sar_to_rgb(decode_sar(image, path)), image.size, None
 
     def sar_to_rgb(self, amplitude: np.ndarray) -> np.ndarray:
         if self.sar_radiometry == "max":
@@ -82,6 +105,16 @@ def decode_optical(image: Image.Image, path: str) -> np.ndarray:
         raise DatasetError(f"{path}: an optical chip must be 8-bit RGB (3 channels), got PIL mode "
                            f"{image.mode!r} with {len(image.getbands())} band(s); convert it to RGB")
     return np.asarray(image, dtype=np.uint8)
+
+
+def convert_8bit_to_rgb(image: Image.Image, path: str, modality: int) -> np.ndarray:
+    """Image.convert("RGB") (a grey band is replicated), for 8-bit modes only."""
+    if image.mode not in EIGHT_BIT_MODES:
+        raise DatasetError(f"{path}: a pretraining {MODALITY_NAMES[modality]} chip in PIL mode {image.mode!r} "
+                           f"does not hold 8-bit bands (accepted: {', '.join(EIGHT_BIT_MODES)}); converting it "
+                           "to RGB would clip every value above 255. Rescale it to 8 bits"
+                           + ("" if modality == OPTICAL else " or store it as a float32 TIFF"))
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
 def decode_sar(image: Image.Image, path: str) -> np.ndarray:

@@ -1,6 +1,7 @@
 """Chip records and the HOSS file-name convention (the one place names are parsed)."""
 from __future__ import annotations
 
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -8,10 +9,18 @@ from dataclasses import dataclass
 from utils.errors import ShipReIDError
 from typing import Optional
 
+logger = logging.getLogger("shipreid.data")
+
 OPTICAL, SAR = 0, 1
 MODALITY_NAMES = {OPTICAL: "optical", SAR: "SAR"}
 MODALITY_TAGS = {"RGB": OPTICAL, "SAR": SAR}
 DISTRACTOR_PID = -1
+PAIR_FOLDER = "OptiSar_Pair"
+# What the chip readers can open. Any other file in a data folder (.DS_Store, GDAL *.aux.xml sidecars, notes) is
+# not a chip and is ignored; a file with one of these extensions is a chip and must be named as one.
+IMAGE_EXTENSIONS = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
+# How many ignored names a log line or note lists before it only counts the rest.
+LISTED_NAMES = 5
 
 # {pid}_s{seq}c{pass}_{RGB|SAR}.tif for identities, -1_{n}_{RGB|SAR}.tif for gallery distractors.
 HOSS_NAME = re.compile(
@@ -50,15 +59,49 @@ def parse_hoss_name(path: str) -> ChipRecord:
     return ChipRecord(path, int(match["pid"]), modality, int(match["seq"]), int(match["pass"]))
 
 
-def scan_hoss_folder(folder: str) -> list[ChipRecord]:
-    """Every chip of a split folder, sorted by file name; any other entry is an error."""
+def is_chip_name(name: str) -> bool:
+    """A visible entry with an image extension. Hidden entries (.DS_Store, ._x.tif) and any other extension are
+    not chips; an entry with an image extension is one even when it is broken, so that decoding reports it."""
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def list_chip_files(folder: str) -> tuple[list[str], list[str]]:
+    """(names of the folder's chip files, names of its other entries), each sorted."""
+    names = sorted(os.listdir(folder))
+    chips = [name for name in names if is_chip_name(name)]
+    chip_set = set(chips)
+    return chips, [name for name in names if name not in chip_set]
+
+
+def ignored_note(folder: str, ignored: list[str]) -> str:
+    """The one line that reports a folder's entries that are not chips."""
+    listed = ", ".join(ignored[:LISTED_NAMES])
+    more = f" and {len(ignored) - LISTED_NAMES} more" if len(ignored) > LISTED_NAMES else ""
+    return f"{folder}: ignored {len(ignored)} file(s) that are not chips ({listed}{more})"
+
+
+def scan_hoss_folder(folder: str, skip_bad_names: bool = False) -> list[ChipRecord]:
+    """Every chip of a split folder, sorted by file name. Entries that are not chips are ignored (one log line);
+    a chip whose name breaks the convention raises, or with `skip_bad_names` is left out and logged."""
     if not os.path.isdir(folder):
         raise DatasetError(f"split folder not found: {folder}; DATASETS.ROOT_DIR must contain HOSS/ "
                            "in the release layout (bounding_box_train, query, bounding_box_test)")
-    names = sorted(os.listdir(folder))
-    if not names:
-        raise DatasetError(f"split folder is empty: {folder}")
-    return [parse_hoss_name(os.path.join(folder, name)) for name in names]
+    chips, ignored = list_chip_files(folder)
+    if ignored:
+        logger.info(ignored_note(folder, ignored))
+    records = []
+    for name in chips:
+        try:
+            records.append(parse_hoss_name(os.path.join(folder, name)))
+        except DatasetError as err:
+            if not skip_bad_names:
+                raise
+            logger.warning("skipped (DATALOADER.ON_BAD_IMAGE skip): %s", err)
+    if not records:
+        skipped = f", {len(chips)} badly named file(s) skipped" if chips else ""
+        raise DatasetError(f"split folder is empty: {folder} holds no chips ({'/'.join(IMAGE_EXTENSIONS)} files"
+                           f"{skipped}); copy the split's chips into it")
+    return records
 
 
 def relabel(records: list[ChipRecord]) -> tuple[list[int], dict[int, int]]:

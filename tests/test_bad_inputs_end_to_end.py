@@ -36,9 +36,9 @@ def plant(case: str, hoss, tmp_path) -> tuple[list[str], str]:
         path = train / "0001_s05c2_SAR.tif"
         values = {"sar_all_zero": 0.0, "sar_nan": np.nan, "sar_inf": np.inf}[case]
         Image.fromarray(np.full((30, 8), values, np.float32), mode="F").save(path)
-    elif case == "unknown_name":
-        path = train / "notes.txt"
-        path.write_text("x")
+    elif case == "unknown_name":  # a chip-like file (image extension) with a name outside the convention
+        path = train / "ship_0001.tif"
+        path.write_bytes(b"x")
     elif case == "empty_split":
         for chip in query.iterdir():
             chip.unlink()

@@ -12,11 +12,12 @@ from tools.validate_dataset import main as validate_main
 
 
 def test_clean_folders_pass(hoss_root, tmp_path):
-    assert validate_hoss(hoss_root) == []
+    clean = validate_hoss(hoss_root)
+    assert clean.problems == [] and clean.notes == []
     from datasets.synthetic import SyntheticSpec, ensure_synthetic
     root = str(tmp_path / "synthetic")
     ensure_synthetic(root, SyntheticSpec(train_ids=4, test_ids=4, distractors=2, pair_folders=1, pairs_per_folder=3))
-    assert validate_hoss(root) == []
+    assert validate_hoss(root).problems == []
     assert validate_main([root]) == []
 
 
@@ -32,7 +33,7 @@ def test_planted_problems_are_each_reported(samples_dir, tmp_path):
     Image.fromarray(np.zeros((40, 10), dtype=np.uint8), mode="L").save(single_band)  # 1-band optical chip
     leak = test / "0004_s05c9_SAR.tif"                                     # pid 4 is a training identity
     Image.fromarray(np.ones((30, 8), dtype=np.float32), mode="F").save(leak)
-    problems = validate_hoss(str(root))
+    problems = validate_hoss(str(root)).problems
     for planted in (corrupt, wrong_name, single_band, leak):
         assert sum(str(planted) in line for line in problems) == 1, planted
     assert len(problems) == 4
