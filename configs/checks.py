@@ -1,5 +1,6 @@
-"""Checks that depend on the configuration alone. Every entry point runs them at start-up, before any image is
-scanned or decoded, so that a wrong setting stops a run in its first second, not at its first evaluation."""
+"""Checks that depend on the configuration alone (and on the small generator file of a pseudo-SAR cache). Every
+entry point runs them at start-up, before any image is scanned or decoded, so that a wrong setting stops a run in
+its first second, not at its first evaluation."""
 from __future__ import annotations
 
 from model.embeddings import patch_grid
@@ -30,9 +31,21 @@ def _grid_problems(cfg) -> list[str]:
     return problems
 
 
+def _fusion_problems(cfg) -> list[str]:
+    """TEST.FUSION.NUM_SAMPLES against the samples per chip of the generator that filled TEST.FUSION.CACHE_DIR."""
+    from datasets.pseudo_sar import GENERATOR_FILE, generator_samples
+    fusion = cfg.TEST.FUSION
+    generated = generator_samples(fusion.CACHE_DIR) if fusion.CACHE_DIR else None
+    if generated is None or generated >= fusion.NUM_SAMPLES:
+        return []
+    return [f"TEST.FUSION.NUM_SAMPLES {fusion.NUM_SAMPLES} asks for more pseudo-SAR chips per optical chip than the "
+            f"{generated} that {fusion.CACHE_DIR}/{GENERATOR_FILE} says were generated: set TEST.FUSION.NUM_SAMPLES "
+            f"{generated} or regenerate the cache with more"]
+
+
 def config_problems(cfg) -> list[str]:
     from loss.build import loss_config_problems  # the loss package knows its terms
-    problems = _grid_problems(cfg) + loss_config_problems(cfg)
+    problems = _grid_problems(cfg) + loss_config_problems(cfg) + _fusion_problems(cfg)
     if not 0 <= cfg.MODEL.SDF.STRUCT_LAYER <= cfg.MODEL.DEPTH:
         problems.append(f"MODEL.SDF.STRUCT_LAYER {cfg.MODEL.SDF.STRUCT_LAYER} must be between 0 (off) and "
                         f"MODEL.DEPTH {cfg.MODEL.DEPTH}")

@@ -40,6 +40,20 @@ def test_config_errors_come_before_the_data_scan(tmp_path, entry, config, overri
                     "OUTPUT_DIR", str(tmp_path / "out")])
 
 
+def test_fusion_sample_count_is_checked_against_the_cache_generator(tmp_path):
+    cache = tmp_path / "pseudo_sar"
+    cache.mkdir()
+    (cache / "generator.json").write_text(json.dumps({"steps": 4, "num_samples": 2}))
+    common = ["--config_file", "configs/hoss/mos.yml", *TINY_RUN, "DATASETS.ROOT_DIR", str(tmp_path / "no_such_folder"),
+              "TEST.WEIGHT", "x.pth", "TEST.FUSION.CACHE_DIR", str(cache), "OUTPUT_DIR", str(tmp_path / "out")]
+    with pytest.raises(ConfigCheckError, match=r"TEST\.FUSION\.NUM_SAMPLES 5 asks for more .* than the 2 that .*"
+                                               r"generator\.json says were generated"):
+        test_entry.main(common)
+    with pytest.raises(ShipReIDError) as caught:  # with a count the cache holds, the run gets as far as the data
+        test_entry.main(common + ["TEST.FUSION.NUM_SAMPLES", "2"])
+    assert not isinstance(caught.value, ConfigCheckError) and "no_such_folder" in str(caught.value)
+
+
 def test_every_problem_is_listed_at_once(tmp_path):
     with pytest.raises(ConfigCheckError) as caught:
         train_entry.main(["--config_file", "configs/hoss/transoss.yml", *TINY_RUN, "INPUT.SIZE_TEST", "[128,64]",

@@ -66,7 +66,7 @@ def main(argv=None) -> dict:
         raise ConfigError("TEST.FUSION.CACHE_DIR is empty: name the folder the pseudo-SAR chips go to")
     translator = load_translator(cfg, device)
     fingerprint = {"weights_sha1": file_sha1(cfg.BBDM.WEIGHTS), "steps": cfg.BBDM.SAMPLE_STEPS,
-                   "eta": cfg.BBDM.SAMPLE_ETA, "seed": cfg.SEED, "size": list(cfg.INPUT.SIZE_TRAIN)}
+                   "eta": cfg.BBDM.SAMPLE_ETA, "seed": cfg.SEED, "size": list(cfg.INPUT.SIZE_TRAIN), "num_samples": k}
     if is_main():
         check_generator(cache_dir, fingerprint)
     barrier()
