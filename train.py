@@ -8,12 +8,12 @@ from __future__ import annotations
 from datasets import build_dataset, build_train_loader
 from datasets.hoss import format_statistics, statistics_rows
 from datasets.samplers import check_pk_batch
-from model import build_model
+from model import build_model, freeze_unreached
 from processor.checkpoint import export_weights
 from processor.engine import Trainer, unwrap, wrap_ddp
 from processor.evaluator import Evaluator
 from processor.hooks import CheckpointHook, EvalHook, ProgressHook
-from processor.setup import prepare_training, run_training
+from processor.setup import log_distribution, prepare_training, run_training
 from solver import CosineWarmupScheduler
 from utils.cli import describe, run_cli
 from utils.distributed import rank, world_size
@@ -30,8 +30,12 @@ def build_trainer(cfg, device, logger) -> Trainer:
     logger.info("data (%s):\n%s", dataset.root, format_statistics(statistics_rows(protocols, dataset.train)))
 
     loader = build_train_loader(cfg, dataset.train, rank(), world_size())
-    model, criterion, optimizer, writer = prepare_training(
-        cfg, build_model(cfg, num_classes=loader.dataset.num_classes), device, logger)
+    # the identity classifier exists for the "id" term only; what no term reaches is not trained
+    model = build_model(cfg, num_classes=loader.dataset.num_classes if "id" in cfg.LOSS.TERMS else 0)
+    for reason in freeze_unreached(model, cfg):
+        logger.info("not trained: %s", reason)
+    log_distribution(cfg, logger)
+    model, criterion, optimizer, writer = prepare_training(cfg, model, device, logger)
     evaluation = EvalHook(Evaluator(cfg, protocols), cfg.SOLVER.EVAL_PERIOD, cfg.OUTPUT_DIR, writer)
     hooks = [
         ProgressHook(cfg.SOLVER.LOG_PERIOD, writer),

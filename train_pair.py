@@ -10,7 +10,7 @@ from model import build_model
 from processor.checkpoint import export_backbone
 from processor.engine import Trainer, unwrap, wrap_ddp
 from processor.hooks import CheckpointHook, ProgressHook
-from processor.setup import prepare_training, run_training
+from processor.setup import log_distribution, prepare_training, run_training
 from solver import CosineWarmupScheduler
 from utils.cli import describe, run_cli
 from utils.distributed import rank, world_size
@@ -23,6 +23,7 @@ def build_pair_trainer(cfg, device, logger) -> Trainer:
                             "use configs/pretrain/transoss.yml")
     loader = build_pair_loader(cfg, rank(), world_size())
     logger.info("%d optical-SAR pairs, %d pairs per batch", len(loader.dataset), cfg.SOLVER.IMS_PER_BATCH // 2)
+    log_distribution(cfg, logger, neck=False)
     # the backbone alone: like the official pair branch, pretraining never runs a BN neck or a classifier
     model, criterion, optimizer, writer = prepare_training(cfg, build_model(cfg, with_neck=False), device, logger)
     export = CheckpointHook(cfg.SOLVER.CHECKPOINT_PERIOD, cfg.OUTPUT_DIR, final_exports=[

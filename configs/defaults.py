@@ -47,9 +47,10 @@ _C.MODEL.COMPILE = False
 # Initialisation weights (ImageNet ViT, contrastive TransOSS backbone, or a pretraining checkpoint).
 # Empty = random initialisation. The layout is detected from the keys; nothing is downloaded.
 _C.MODEL.PRETRAIN_PATH = ""
-# Synchronise the BN neck's batch statistics across DDP ranks (then a multi-process run computes the
-# same step as one process with the same global batch).
-_C.MODEL.SYNC_BN = False
+# The BN neck's training statistics over the global batch (summed over DDP ranks): a multi-process run then takes
+# the step one process takes on the same global batch, whatever the number of GPUs. False: per-rank statistics,
+# as the official code trained (2 GPUs, unsynchronised); with few identities per rank they describe 1-2 ships.
+_C.MODEL.SYNC_BN = True
 # SDF-Net modules (Chen et al. 2026); both off = TransOSS. See docs/methods.md.
 _C.MODEL.SDF = CN()
 # Disentangled feature learning: "off"; "tokens" (released code: a shared and a modality-specific class
@@ -148,6 +149,8 @@ _C.DATALOADER.ON_BAD_IMAGE = "error"
 # Keep the decoded 8-bit chips of that first pass in memory (training and test images, each set up to
 # CACHE_MAX_GB of pixels; past it, caching stops with a warning).
 _C.DATALOADER.CACHE_IMAGES = True
+# Per node: under torchrun the LOCAL_WORLD_SIZE ranks of a node share it evenly (8.0 on 8 GPUs: 1 GB each per
+# image set). A rank caches the test images it embeds (its share) and any training image, up to its part.
 _C.DATALOADER.CACHE_MAX_GB = 8.0
 # Training batches: "pk" (official: P identities x K images) or "pk_modality" (K/2 optical + K/2 SAR
 # for identities that have both).

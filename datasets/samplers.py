@@ -21,13 +21,12 @@ def _chunks(items: list, size: int) -> list[list]:
 def check_pk_batch(batch_size: int, num_instances: int, world_size: int = 1, modality_balanced: bool = False) -> None:
     """Whether a global batch of `batch_size` images splits into identities of K images, evenly over the ranks
     (checked at start-up, before any data is read, and by the sampler)."""
-    if num_instances < 1 or batch_size % num_instances:
-        raise ShipReIDError(f"SOLVER.IMS_PER_BATCH ({batch_size}) must be a multiple of "
-                            f"DATALOADER.NUM_INSTANCE ({num_instances})")
-    if (batch_size // num_instances) % world_size:
-        raise ShipReIDError(f"{batch_size // num_instances} identities per batch cannot be split over {world_size} "
-                            "ranks; make SOLVER.IMS_PER_BATCH / DATALOADER.NUM_INSTANCE a multiple of the "
-                            "number of processes")
+    if num_instances < 1 or batch_size % num_instances or (batch_size // num_instances) % world_size:
+        step = num_instances * world_size  # whole identities of K images on every rank
+        works = max(step, -(-batch_size // step) * step)
+        raise ShipReIDError(f"SOLVER.IMS_PER_BATCH {batch_size} cannot be split into identities of "
+                            f"DATALOADER.NUM_INSTANCE {num_instances} images over {world_size} rank(s): it must be a "
+                            f"multiple of {step}, e.g. SOLVER.IMS_PER_BATCH {works}")
     if modality_balanced and num_instances % 2:
         raise ShipReIDError("DATALOADER.SAMPLER pk_modality needs an even DATALOADER.NUM_INSTANCE")
 

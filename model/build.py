@@ -34,3 +34,23 @@ def build_model(cfg, num_classes: int = 0, with_neck: bool = True) -> ReIDModel:
     backbone = BACKBONES.get(cfg.MODEL.NAME, "MODEL.NAME")(cfg)
     return ReIDModel(backbone, build_head(cfg), num_classes, cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD,
                      sync_bn=cfg.MODEL.SYNC_BN, struct_layer=cfg.MODEL.SDF.STRUCT_LAYER, with_neck=with_neck)
+
+
+def freeze_unreached(model: ReIDModel, cfg) -> list[str]:
+    """Leave untrained what no configured loss term reaches, so that every trained parameter gets a gradient
+    (DDP then needs no search for unused parameters). Returns what was frozen and why, for the log.
+
+    The BN neck's scale is read only by the identity classifier (built only with an "id" term); a linear SDF-Net
+    head that the fusion drops is read only by the "orth" term."""
+    frozen = []
+    if model.classifier is None and model.neck is not None and model.neck.weight.requires_grad:
+        model.neck.weight.requires_grad_(False)
+        frozen.append("neck.weight (no 'id' loss term: no identity classifier reads the BN neck in training; its "
+                      "running statistics still follow the training features)")
+    head = model.head
+    if getattr(head, "mode", None) == "linear" and head.fusion in ("shared", "specific") \
+            and "orth" not in cfg.LOSS.TERMS:
+        name = "specific" if head.fusion == "shared" else "shared"
+        getattr(head, name).requires_grad_(False)
+        frozen.append(f"head.{name} (MODEL.SDF.FUSION {head.fusion} without the 'orth' term)")
+    return frozen

@@ -13,7 +13,7 @@ from loss import build_loss
 from model.weights import load_weights
 from solver import build_optimizer
 from utils.device import resolve_device
-from utils.distributed import init_distributed, is_main
+from utils.distributed import init_distributed, is_main, world_size
 from utils.logger import setup_logger
 
 from .rng import seed_everything
@@ -39,6 +39,18 @@ def setup_run(args, log_name: str, output_dir=None):
         logger.setLevel("WARNING")  # the shipreid.* loggers inherit it
     seed_everything(cfg.SEED)
     return cfg, logger, device
+
+
+def log_distribution(cfg, logger, neck: bool = True) -> None:
+    """How the global batch is spread: world size, ranks per node, images per rank and step, BN statistics."""
+    ranks, per_node = world_size(), int(os.environ.get("LOCAL_WORLD_SIZE", world_size()))
+    batch = cfg.SOLVER.IMS_PER_BATCH
+    text = f"{ranks} rank(s), {per_node} per node; {batch} images per step, {batch // ranks} per rank"
+    if neck:
+        text += "; BN neck statistics over " + (
+            "the global batch (MODEL.SYNC_BN True)" if cfg.MODEL.SYNC_BN or ranks == 1
+            else "each rank's own images (MODEL.SYNC_BN False, as the official code trained)")
+    logger.info(text)
 
 
 def run_training(argv, description: str, log_name: str, build_trainer):

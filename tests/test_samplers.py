@@ -223,10 +223,12 @@ def test_pk_plain_mode_ignores_modality_balance():
 
 
 def test_pk_errors():
-    with pytest.raises(ShipReIDError, match="multiple of"):
+    with pytest.raises(ShipReIDError, match=r"IMS_PER_BATCH 30 .*NUM_INSTANCE 4 images over 1 rank.*multiple of 4, "
+                                            r"e\.g\. SOLVER\.IMS_PER_BATCH 32"):
         PKBatchSampler(LABELS, MODALITIES, 30, K)  # 30 % 4 != 0
-    with pytest.raises(ShipReIDError, match="cannot be split over 3"):
-        PKBatchSampler(LABELS, MODALITIES, 16, K, world_size=3)  # P = 4 over 3 ranks
+    # P = 4 over 3 ranks: 12 images a rank-multiple; 24 is the next batch that works
+    with pytest.raises(ShipReIDError, match=r"over 3 rank\(s\): it must be a multiple of 12, e\.g\. SOLVER\.IMS_PER_BATCH 24"):
+        PKBatchSampler(LABELS, MODALITIES, 16, K, world_size=3)
     with pytest.raises(ShipReIDError, match="even"):
         PKBatchSampler(LABELS, MODALITIES, 9, 3, modality_balanced=True)  # odd K
     with pytest.raises(ShipReIDError, match="10 identities"):

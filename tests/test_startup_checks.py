@@ -31,7 +31,7 @@ TINY_RUN = [*TINY_MODEL, "MODEL.DEVICE", "cpu", "DATALOADER.NUM_WORKERS", "0", "
     (train_entry, "configs/hoss/sdfnet.yml", [], r"MODEL\.SDF\.STRUCT_LAYER 6 must be between 0 \(off\) and MODEL\.DEPTH 2"),
     (train_entry, "configs/hoss/transoss.yml", ["SOLVER.AMP", "fp32"], r"SOLVER\.AMP must be one of"),
     (train_entry, "configs/hoss/transoss.yml", ["SOLVER.IMS_PER_BATCH", "10"],
-     r"SOLVER\.IMS_PER_BATCH \(10\) must be a multiple of DATALOADER\.NUM_INSTANCE \(4\)"),
+     r"SOLVER\.IMS_PER_BATCH 10 cannot be split into identities of DATALOADER\.NUM_INSTANCE 4 images over 1 rank"),
 ], ids=["train-size", "test-size", "pretrain-loss-weights", "struct-layer", "amp", "pk-batch"])
 def test_config_errors_come_before_the_data_scan(tmp_path, entry, config, override, message):
     missing_root = tmp_path / "no_such_folder"

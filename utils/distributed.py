@@ -10,7 +10,6 @@ import os
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 
 from .errors import ShipReIDError
 
@@ -49,6 +48,40 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
+class _AllGather(torch.autograd.Function):
+    """Every rank's tensor concatenated along dim 0; backward hands each rank the gradient of its own rows,
+    summed over the ranks (each rank's loss on the gathered batch sends gradient to every source)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        parts = [torch.empty_like(x) for _ in range(world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous()
+        dist.all_reduce(grad)  # small tensors (features, labels): a full all-reduce works on every backend
+        rows = grad.shape[0] // world_size()
+        return grad[rank() * rows:(rank() + 1) * rows]
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks; the gradient of a sum that every rank uses is the sum of their gradients."""
+
+    @staticmethod
+    def forward(ctx, x):
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad
+
+
 def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """Concatenate every rank's `x` (same shape on each) along dim 0; gradients flow back to each source.
 
@@ -57,13 +90,13 @@ def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """
     if world_size() == 1:
         return x
-    return torch.cat(dist_fn.all_gather(x))
+    return _AllGather.apply(x)
 
 
 def all_reduce_sum_with_grad(x: torch.Tensor) -> torch.Tensor:
     if world_size() == 1:
         return x
-    return dist_fn.all_reduce(x)
+    return _AllReduceSum.apply(x)
 
 
 def gather_objects(obj) -> list:
