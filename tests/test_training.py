@@ -198,3 +198,22 @@ def test_a_finished_run_is_evaluated_and_resumed_only_with_its_own_grid(hoss_roo
     with pytest.raises(ShipReIDError, match=r"(?s)epoch_0001\.pth does not fit the model this config builds.*config\.yaml"):
         train_entry.main(["--config_file", "configs/hoss/transoss.yml", *common, "SOLVER.MAX_EPOCHS", "2",
                           "OUTPUT_DIR", str(out), "--resume"])
+
+
+def test_log_lines_never_land_inside_a_progress_bar(hoss_root, tmp_path):
+    """stdout and stderr in one stream, as a terminal shows them: no line holds both a bar and a log record."""
+    import re
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    done = subprocess.run([sys.executable, "train.py", "--config_file", "configs/hoss/transoss.yml",
+                           "DATASETS.ROOT_DIR", hoss_root, *TINY_RUN, "SOLVER.MAX_EPOCHS", "1", "SOLVER.LOG_PERIOD", "2",
+                           "SOLVER.EVAL_PERIOD", "0", "DATASETS.PROTOCOLS", "['ALL']", "OUTPUT_DIR", str(tmp_path / "out")],
+                          cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:]
+    pieces = re.split(r"[\r\n]", done.stdout)
+    assert sum("shipreid.train INFO: epoch 1 iter" in piece for piece in pieces) >= 4  # log lines were printed ...
+    assert any("it/s" in piece for piece in pieces)                                    # ... while bars were drawn
+    tangled = [piece for piece in pieces if "it/s" in piece and " shipreid." in piece]
+    assert not tangled, tangled[:3]

@@ -5,6 +5,20 @@ import logging
 import os
 import sys
 
+from tqdm import tqdm
+
+
+class ProgressAwareHandler(logging.StreamHandler):
+    """Console lines written through tqdm, which clears the progress bars first and redraws them after, so a log
+    line never lands in the middle of a bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+            self.flush()
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
+
 
 def setup_logger(output_dir: str, filename: str, name: str = "shipreid") -> logging.Logger:
     logger = logging.getLogger(name)
@@ -12,7 +26,7 @@ def setup_logger(output_dir: str, filename: str, name: str = "shipreid") -> logg
     logger.handlers.clear()
     logger.propagate = False
     formatter = logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s", "%H:%M:%S")
-    console = logging.StreamHandler(sys.stdout)
+    console = ProgressAwareHandler(sys.stdout)
     console.setFormatter(formatter)
     logger.addHandler(console)
     if output_dir:
