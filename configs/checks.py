@@ -49,6 +49,11 @@ def config_problems(cfg) -> list[str]:
     if not 0 <= cfg.MODEL.SDF.STRUCT_LAYER <= cfg.MODEL.DEPTH:
         problems.append(f"MODEL.SDF.STRUCT_LAYER {cfg.MODEL.SDF.STRUCT_LAYER} must be between 0 (off) and "
                         f"MODEL.DEPTH {cfg.MODEL.DEPTH}")
+    if "triplet" in cfg.LOSS.TERMS and cfg.SOLVER.IMS_PER_BATCH // max(1, cfg.DATALOADER.NUM_INSTANCE) < 2:
+        problems.append(f"the triplet loss needs two identities per batch: SOLVER.IMS_PER_BATCH "
+                        f"{cfg.SOLVER.IMS_PER_BATCH} holds {cfg.SOLVER.IMS_PER_BATCH // max(1, cfg.DATALOADER.NUM_INSTANCE)}"
+                        f" of DATALOADER.NUM_INSTANCE {cfg.DATALOADER.NUM_INSTANCE} images; use at least "
+                        f"{2 * cfg.DATALOADER.NUM_INSTANCE}")
     if cfg.SOLVER.AMP not in AMP_MODES:
         problems.append(f"SOLVER.AMP must be one of {sorted(AMP_MODES)}, got {cfg.SOLVER.AMP!r}")
     return problems

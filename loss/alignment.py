@@ -15,9 +15,7 @@ def structure_prototype_loss(structure: torch.Tensor, labels: torch.Tensor, moda
     weight 1.0 was tuned with it.
     """
     stats = paired_modality_stats(structure.float(), labels, modality)
-    if stats.count == 0:
-        return structure.sum() * 0
-    return (stats.optical_mean - stats.sar_mean).pow(2).mean()
+    return stats.average((stats.optical_mean - stats.sar_mean).pow(2).mean(1))
 
 
 def orthogonality_loss(shared: torch.Tensor, specific: torch.Tensor) -> torch.Tensor:
@@ -30,10 +28,9 @@ def classwise_alignment_loss(feat: torch.Tensor, labels: torch.Tensor, modality:
     """MOS CMAL on L2-normalised features, over identities with both modalities (0 when none):
     mean_p |mu_opt - mu_sar| + mean_p |var_opt - var_sar| (released code), or with squared norms (paper)."""
     stats = paired_modality_stats(F.normalize(feat.float(), dim=1), labels, modality)
-    if stats.count == 0:
-        return feat.sum() * 0
     mean_diff, var_diff = stats.optical_mean - stats.sar_mean, stats.optical_var - stats.sar_var
     if squared:
-        return mean_diff.pow(2).sum(1).mean() + var_diff.pow(2).sum(1).mean()
+        return stats.average(mean_diff.pow(2).sum(1)) + stats.average(var_diff.pow(2).sum(1))
     # vector_norm has a zero subgradient at 0 (sqrt would give NaN): two single images have equal variance 0
-    return torch.linalg.vector_norm(mean_diff, dim=1).mean() + torch.linalg.vector_norm(var_diff, dim=1).mean()
+    return stats.average(torch.linalg.vector_norm(mean_diff, dim=1)) + \
+        stats.average(torch.linalg.vector_norm(var_diff, dim=1))

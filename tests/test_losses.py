@@ -88,9 +88,15 @@ def test_batch_hard_triplet_gradient_is_finite_with_duplicate_points():
     assert loss.item() == pytest.approx(math.log1p(math.exp(-5)), abs=1e-5)
 
 
-def test_batch_hard_triplet_needs_two_identities():
-    with pytest.raises(ValueError, match="two identities"):
-        batch_hard_triplet(LINE, torch.zeros(4, dtype=torch.long))
+def test_a_triplet_batch_of_one_identity_is_refused_at_start_up():
+    """The step reads nothing back from the device; one identity per batch (no negative) is refused by the
+    configuration check instead."""
+    from configs.checks import config_problems
+    problems = config_problems(configs.load_config(None, ["SOLVER.IMS_PER_BATCH", "4", "DATALOADER.NUM_INSTANCE", "4"]))
+    assert problems == ["the triplet loss needs two identities per batch: SOLVER.IMS_PER_BATCH 4 holds 1 of "
+                        "DATALOADER.NUM_INSTANCE 4 images; use at least 8"]
+    assert not config_problems(configs.load_config(None, ["SOLVER.IMS_PER_BATCH", "8", "DATALOADER.NUM_INSTANCE", "4"]))
+    assert batch_hard_triplet(LINE, torch.zeros(4, dtype=torch.long)).item() == 0.0  # d_an = inf
 
 
 def smooth_cfg(eps: float):
