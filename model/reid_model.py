@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from utils.device import tf32
 from utils.distributed import all_reduce_sum_with_grad, world_size
 from utils.errors import ShipReIDError
 
@@ -128,7 +129,8 @@ class ReIDModel(nn.Module):
         if neck_feat == "after" and self.neck is None:
             raise ShipReIDError("TEST.NECK_FEAT after: this model has no BN neck (a pretraining backbone); use before")
         key = "feat" if neck_feat == "before" else "feat_bn"
-        feat = self.forward(batch)[key]
-        if flip:
-            feat = (feat + self.forward({**batch, "image": batch["image"].flip(-1)})[key]) / 2
+        with tf32(False):  # test features in full fp32, whatever training used (SOLVER.TF32)
+            feat = self.forward(batch)[key]
+            if flip:
+                feat = (feat + self.forward({**batch, "image": batch["image"].flip(-1)})[key]) / 2
         return feat

@@ -12,7 +12,7 @@ import torch
 from datasets.erasing import apply_erasing
 from torch.nn.parallel import DistributedDataParallel
 
-from utils.device import move_batch
+from utils.device import move_batch, tf32
 from utils.distributed import gather_objects, rank, world_size
 from utils.errors import ShipReIDError
 
@@ -176,7 +176,7 @@ class Trainer:
         # inside an accumulation group DDP keeps gradients local: one all-reduce per optimizer step, not per batch
         local = self.model.no_sync() if not boundary and isinstance(self.model, DistributedDataParallel) \
             else contextlib.nullcontext()
-        with local:
+        with local, tf32(self.cfg.SOLVER.TF32):
             with autocast_context(self.cfg.SOLVER.AMP, self.device):
                 outputs = self.model(batch)
                 losses = self.criterion(outputs, batch)

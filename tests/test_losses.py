@@ -228,3 +228,23 @@ def test_build_loss_errors_name_the_keys():
         build_loss(configs.load_config(None, ["LOSS.TERMS", "['id', 'centre']"]))
     with pytest.raises(ShipReIDError, match="twice"):
         build_loss(configs.load_config(None, ["LOSS.TERMS", "['id', 'id']"]))
+
+
+def test_infonce_is_computed_in_fp32_under_bf16_autocast():
+    """Under autocast the logits scale * S O^T would be bf16 (steps of 0.5 at scale 100): the loss and its gradients
+    must equal the fp32 ones."""
+    torch.manual_seed(0)
+    optical, sar = torch.randn(16, 64), torch.randn(16, 64)
+    results = []
+    for autocast in (False, True):
+        loss_fn = SymmetricInfoNCE(temperature=0.01)  # scale 100, where bf16 rounding hurts most
+        o, s = optical.clone().requires_grad_(), sar.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = loss_fn(o, s)
+        loss.backward()
+        assert loss.dtype == torch.float32
+        results.append((loss.detach(), o.grad, s.grad, loss_fn.logit_scale.grad))
+    (reference, *ref_grads), (ours, *our_grads) = results
+    assert ours == pytest.approx(reference.item(), rel=1e-3)
+    for ref, got in zip(ref_grads, our_grads):
+        torch.testing.assert_close(got, ref, rtol=1e-3, atol=1e-3 * ref.abs().max().item())

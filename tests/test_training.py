@@ -14,6 +14,7 @@ import test as test_entry
 import train as train_entry
 import train_pair as pair_entry
 from configs import add_config_args, parse_args
+from processor.engine import unwrap
 from processor.hooks import Hook
 from model.weights import WeightsError
 from processor.setup import setup_run
@@ -217,3 +218,18 @@ def test_log_lines_never_land_inside_a_progress_bar(hoss_root, tmp_path):
     assert any("it/s" in piece for piece in pieces)                                    # ... while bars were drawn
     tangled = [piece for piece in pieces if "it/s" in piece and " shipreid." in piece]
     assert not tangled, tangled[:3]
+
+
+@pytest.mark.parametrize("tf32", [True, False])
+def test_tf32_in_training_steps_only(hoss_root, tmp_path, tf32):
+    """SOLVER.TF32 holds inside training steps; test features are always full fp32; the flags are restored."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    seen = {True: set(), False: set()}  # model.training -> (matmul, cudnn) flags seen by the backbone
+    trainer = build(train_entry.build_trainer, [
+        "--config_file", "configs/hoss/transoss.yml", "DATASETS.ROOT_DIR", hoss_root, *TINY_RUN, "SOLVER.MAX_EPOCHS", "1",
+        "SOLVER.TF32", str(tf32), "DATASETS.PROTOCOLS", "['ALL']", "OUTPUT_DIR", str(tmp_path / "out")])
+    unwrap(trainer.model).backbone.register_forward_hook(lambda module, args, out: seen[module.training].add(
+        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)))
+    trainer.train()
+    assert seen == {True: {(tf32, tf32)}, False: {(False, False)}}
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == saved

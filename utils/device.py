@@ -1,6 +1,8 @@
 """MODEL.DEVICE resolution (no hard-coded devices anywhere else)."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from utils.errors import ShipReIDError
@@ -22,3 +24,15 @@ def resolve_device(name: str) -> torch.device:
 def move_batch(batch: dict, device: torch.device) -> dict:
     """Tensors (and int lists collated to tensors) to `device`; strings stay on the host."""
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+@contextlib.contextmanager
+def tf32(enabled: bool):
+    """TF32 (10-bit mantissa) for CUDA matmuls and cuDNN convolutions inside the block, restored after.
+    Training takes SOLVER.TF32; test features are always computed in full fp32 (ReIDModel.embed)."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
