@@ -276,3 +276,28 @@ def test_tiny_bbdm_learns_optical_to_sar():
         print(f"eta {eta}: MAE sample->SAR {sample_distance:.4f}, optical->SAR {optical_distance:.4f}, "
               f"final loss {loss.item():.4f}, train {train_s:.1f}s")
         assert sample_distance < MAX_DISTANCE_RATIO * optical_distance
+
+
+def test_attention_hands_sdpa_the_fused_kernel_layout(monkeypatch):
+    """q, k, v reach scaled_dot_product_attention as (B, heads, HW, head dim) with the head dim contiguous (the
+    layout the flash / memory-efficient kernels take), and the block computes the same attention as before."""
+    from model.bbdm.blocks import AttentionBlock
+    torch.manual_seed(0)
+    block = AttentionBlock(32, head_channels=8)
+    nn.init.normal_(block.proj.weight)  # the zero-initialised output projection would hide the attention
+    x = torch.randn(2, 32, 4, 6)
+    seen, sdpa = [], F.scaled_dot_product_attention
+
+    def recording(q, k, v, *args, **kwargs):
+        seen.extend((q, k, v))
+        return sdpa(q, k, v, *args, **kwargs)
+    monkeypatch.setattr(F, "scaled_dot_product_attention", recording)
+    out = block(x)
+    assert [tuple(t.shape) for t in seen] == [(2, 4, 24, 8)] * 3
+    assert all(t.stride(-1) == 1 and t.is_contiguous() for t in seen)
+    # reference: attention written out per head on the (HW, head dim) views
+    qkv = block.qkv(block.norm(x)).reshape(2, 3, 4, 8, 24)
+    q, k, v = (qkv[:, i].transpose(-1, -2) for i in range(3))
+    attention = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(8), dim=-1) @ v
+    expected = x + block.proj(attention.transpose(-1, -2).reshape(2, 32, 4, 6))
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)

@@ -90,7 +90,9 @@ class AttentionBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         qkv = self.qkv(self.norm(x)).reshape(b, 3, self.num_heads, c // self.num_heads, h * w)
-        q, k, v = (qkv[:, i].transpose(-1, -2) for i in range(3))  # (B, heads, HW, head dim)
+        # (B, heads, HW, head dim) with the head dim contiguous: SDPA's fused (flash / memory-efficient) kernels
+        # take only that layout; a transposed view would fall back to the math path and its HW x HW scores
+        q, k, v = qkv.permute(1, 0, 2, 4, 3).contiguous().unbind(0)
         out = F.scaled_dot_product_attention(q, k, v)
         out = out.transpose(-1, -2).reshape(b, c, h, w)
         return x + self.proj(out)
