@@ -11,6 +11,7 @@ import os
 import torch
 
 from model.weights import has_official_layout, to_official
+from utils.distributed import gather_objects, is_main, world_size
 from utils.errors import ShipReIDError
 
 logger = logging.getLogger("shipreid.checkpoint")
@@ -47,6 +48,33 @@ def last_checkpoint(output_dir: str) -> str | None:
         path = os.path.join(output_dir, CHECKPOINT_DIR, f.read().strip())
     if not os.path.isfile(path):
         raise ShipReIDError(f"{pointer} names {path}, which does not exist; delete the pointer to start over")
+    return path
+
+
+def resume_checkpoint(output_dir: str) -> str | None:
+    """The checkpoint that --resume continues from, the same on every rank (collective under torchrun): rank 0 reads
+    the pointer, then every rank must see that file itself. A checkpoint is ~1 GB for ViT-B with its optimizer
+    state, so it is not sent over the process group: OUTPUT_DIR must be on a filesystem every node shares."""
+    if world_size() == 1:
+        return last_checkpoint(output_dir)
+    found = [None, None]  # (path or None, rank 0's error)
+    if is_main():
+        try:
+            found[0] = last_checkpoint(output_dir)
+        except ShipReIDError as err:
+            found[1] = str(err)
+    torch.distributed.broadcast_object_list(found, src=0)
+    path, error = found
+    if error is not None:
+        raise ShipReIDError(error)
+    if path is None:
+        return None
+    blind = [r for r, seen in enumerate(gather_objects(os.path.isfile(path))) if not seen]
+    if blind:
+        raise ShipReIDError(
+            f"--resume: rank(s) {', '.join(map(str, blind))} cannot see {path}, the checkpoint that rank 0 found "
+            f"in {output_dir}; every rank reads it itself, so OUTPUT_DIR must be on a filesystem that all nodes "
+            "share (mounted at the same path), or copy the checkpoints folder to that path on every node")
     return path
 
 

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import logging
 import math
 import signal
 import threading
+import time
 
 import torch
 
@@ -16,7 +18,7 @@ from utils.device import move_batch, tf32
 from utils.distributed import gather_objects, rank, world_size
 from utils.errors import ShipReIDError
 
-from .checkpoint import last_checkpoint, load_training_state
+from .checkpoint import load_training_state, resume_checkpoint
 from .optim_step import OptimizerStep, accumulation_group, autocast_context
 from .rng import rank_seed, restore_rank_state, rng_state, seed_everything
 
@@ -73,6 +75,9 @@ class Trainer:
         self.last_losses: dict = {}
         self.nonfinite_steps = torch.zeros((), dtype=torch.int32, device=device)
         self.stop_requested = False
+        self.stop_signal_at: tuple[float, int] | None = None  # (time, global_step) of this rank's SIGTERM
+        self._stop_group = None  # a CPU (gloo) group for the stop votes
+        self._stop_vote = None   # (flag, work) of the vote in flight
         if world_size() > 1:  # everything is built (identically on every rank): from here each rank draws its own
             seed_everything(rank_seed(cfg.SEED, rank()))
 
@@ -83,8 +88,8 @@ class Trainer:
         return {
             "model": unwrap(self.model).state_dict(), "criterion": self.criterion.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "step_wrapper": self.step_wrapper.state_dict(), "rng": gather_objects(rng_state()), "epoch": self.epoch,
-            "iteration": self.iteration, "global_step": self.global_step,
+            "step_wrapper": self.step_wrapper.state_dict(), "rng": gather_objects(rng_state(self.device)),
+            "epoch": self.epoch, "iteration": self.iteration, "global_step": self.global_step,
             "optimizer_steps": self.optimizer_steps, "extra": dict(self.extra_state),
             "config": self.cfg.dump(),
         }
@@ -101,7 +106,8 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.step_wrapper.load_state_dict(state["step_wrapper"])
         self.epoch, self.iteration = state["epoch"], state["iteration"]
-        restore_rank_state(state["rng"], rank(), world_size(), self.cfg.SEED, self.epoch, self.iteration)
+        restore_rank_state(state["rng"], rank(), world_size(), self.cfg.SEED, self.epoch, self.iteration,
+                           self.device)
         self.global_step, self.extra_state = state["global_step"], state["extra"]
         # checkpoints from before the count was kept: exact for ACCUM_STEPS 1, the only setting they trained BBDMs
         self.optimizer_steps = state.get("optimizer_steps", self.global_step)
@@ -109,7 +115,7 @@ class Trainer:
 
     def resume_from(self, output_dir: str) -> None:
         """--resume: continue from the checkpoint that OUTPUT_DIR's `last_checkpoint` pointer names."""
-        path = last_checkpoint(output_dir)
+        path = resume_checkpoint(output_dir)
         if path is None:
             raise ShipReIDError(f"--resume: no checkpoint in {output_dir}/checkpoints; run without --resume")
         self.resume(path)
@@ -125,23 +131,53 @@ class Trainer:
             getattr(hook, event)(self)
 
     def _request_stop(self, signum, frame) -> None:
-        self.stop_requested = True
+        # no logging here: a handler that runs while the main thread holds the logging lock would deadlock
+        if not self.stop_requested:
+            self.stop_requested, self.stop_signal_at = True, (time.monotonic(), self.global_step)
 
     def _should_stop(self) -> bool:
-        """True at an optimizer-step boundary once any rank got SIGTERM (ranks agree every LOG_PERIOD)."""
+        """True at an optimizer-step boundary once any rank got SIGTERM, on every rank at the same step.
+
+        SLURM and torchrun kill ~30 s after SIGTERM, so the ranks vote after every optimizer step: each starts a
+        non-blocking all-reduce of its flag on a CPU (gloo) group and reads the result one step later. By then the
+        vote has completed (it needs only every rank's host to have ended the previous step), so reading it costs
+        no device sync and, in practice, no wait. A SIGTERM stops the run after the step it arrived in and one
+        more (measured under torchrun, 2 CPU ranks: 2 steps, 0.03 to 0.27 s at 0.02 to 0.14 s per step); a
+        blocking vote every N steps would sync the hosts each time and add up to N - 1 steps."""
         if self.step_wrapper.pending:
             return False
         if world_size() == 1:
-            return self.stop_requested
-        if self.global_step % max(1, self.cfg.SOLVER.LOG_PERIOD):
+            stop = self.stop_requested
+        else:
+            stop = self._read_stop_vote()
+            if not stop:
+                flag = torch.tensor([int(self.stop_requested)], dtype=torch.int32)
+                self._stop_vote = (flag, torch.distributed.all_reduce(flag, group=self._stop_group, async_op=True))
+        if stop and self.stop_signal_at is not None:
+            at, step = self.stop_signal_at
+            logger.info("SIGTERM after step %d: stopping after step %d (%d step(s), %.2f s later)", step,
+                        self.global_step, self.global_step - step, time.monotonic() - at)
+        return stop
+
+    def _read_stop_vote(self) -> bool:
+        if self._stop_vote is None:
             return False
-        flag = torch.tensor([int(self.stop_requested)], device=self.device)
-        torch.distributed.all_reduce(flag)
-        return bool(flag.item())
+        flag, work = self._stop_vote
+        work.wait()
+        self._stop_vote = None
+        return bool(flag.item())  # a CPU tensor: no device sync
+
+    def _join_stop_votes(self) -> None:
+        """A gloo group for the votes (on GPU too: reading a CPU result never waits for the device)."""
+        if world_size() > 1 and self._stop_group is None:
+            self._stop_group = torch.distributed.new_group(
+                backend="gloo", timeout=datetime.timedelta(seconds=self.cfg.DIST.TIMEOUT_S))
 
     def train(self) -> None:
+        # each torchrun worker runs this on its own main thread, so every rank gets the SIGTERM torchrun forwards
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self._request_stop)
+        self._join_stop_votes()
         self._call("before_train")
         while self.epoch <= self.max_epochs:
             self.scheduler.step(self.epoch)
@@ -165,6 +201,7 @@ class Trainer:
             self.epoch, self.iteration = self.epoch + 1, 0
             self._call("after_epoch_advanced")  # the finished epoch's checkpoint is written here ...
             self._call("after_epoch_saved")     # ... before it is evaluated: a failing evaluation loses no training
+        self._read_stop_vote()  # the last vote still in flight: every rank ends it before the group goes
         self._call("after_train")
 
     def run_step(self, batch: dict, boundary: bool, group_size: int | None = None) -> None:
