@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from conftest import TINY_MODEL
+from test_training import StopAfterEpoch
 
 import train as train_entry
 from configs import add_config_args, parse_args
@@ -116,17 +117,6 @@ def test_fp16_clipping_sees_unscaled_gradients(hoss_root, tmp_path):
     # (scaled gradients clipped before unscaling would reach it as clip / scale)
     assert len(norms) == 5 - record.skipped[-1] >= 2, record.skipped
     assert norms == pytest.approx([clip] * len(norms), rel=1e-4)
-
-
-class StopAfterEpoch(Hook):
-    """A crash right after the checkpoint of `epoch` was written."""
-
-    def __init__(self, epoch: int):
-        self.epoch = epoch
-
-    def after_epoch_advanced(self, trainer):
-        if trainer.epoch - 1 == self.epoch:
-            raise KeyboardInterrupt
 
 
 def test_fp16_run_learns_and_resumes_with_its_scaler(hoss_root, tmp_path):
