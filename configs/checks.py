@@ -13,22 +13,20 @@ class ConfigCheckError(ShipReIDError):
 
 
 def _grid_problems(cfg) -> list[str]:
-    m, problems = cfg.MODEL, []
-    grids = {}
-    for key in ("INPUT.SIZE_TRAIN", "INPUT.SIZE_TEST"):
-        size = cfg.INPUT.SIZE_TRAIN if key == "INPUT.SIZE_TRAIN" else cfg.INPUT.SIZE_TEST
-        if min(size) < m.PATCH_SIZE:
-            problems.append(f"{key} {list(size)} is smaller than MODEL.PATCH_SIZE {m.PATCH_SIZE}")
-        else:
-            grids[key] = patch_grid(size, m.PATCH_SIZE, m.STRIDE_SIZE)
-    if len(grids) == 2 and grids["INPUT.SIZE_TRAIN"] != grids["INPUT.SIZE_TEST"]:
-        (train_rows, train_cols), (test_rows, test_cols) = grids["INPUT.SIZE_TRAIN"], grids["INPUT.SIZE_TEST"]
-        problems.append(
-            f"INPUT.SIZE_TRAIN {list(cfg.INPUT.SIZE_TRAIN)} gives a {train_rows}x{train_cols} patch grid and "
-            f"INPUT.SIZE_TEST {list(cfg.INPUT.SIZE_TEST)} a {test_rows}x{test_cols} one (MODEL.PATCH_SIZE "
+    m = cfg.MODEL
+    sizes = {"INPUT.SIZE_TRAIN": list(cfg.INPUT.SIZE_TRAIN), "INPUT.SIZE_TEST": list(cfg.INPUT.SIZE_TEST)}
+    small = [f"{key} {size} is smaller than MODEL.PATCH_SIZE {m.PATCH_SIZE}" for key, size in sizes.items()
+             if min(size) < m.PATCH_SIZE]
+    if small:
+        return small
+    (train_rows, train_cols), (test_rows, test_cols) = (patch_grid(size, m.PATCH_SIZE, m.STRIDE_SIZE)
+                                                        for size in sizes.values())
+    if (train_rows, train_cols) == (test_rows, test_cols):
+        return []
+    return [f"INPUT.SIZE_TRAIN {sizes['INPUT.SIZE_TRAIN']} gives a {train_rows}x{train_cols} patch grid and "
+            f"INPUT.SIZE_TEST {sizes['INPUT.SIZE_TEST']} a {test_rows}x{test_cols} one (MODEL.PATCH_SIZE "
             f"{m.PATCH_SIZE}, MODEL.STRIDE_SIZE {list(m.STRIDE_SIZE)}); the model has one position embedding: set "
-            "both sizes to the same value")
-    return problems
+            "both sizes to the same value"]
 
 
 def _fusion_problems(cfg) -> list[str]:
