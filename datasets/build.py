@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from utils.distributed import gather_objects, is_main, world_size
 from utils.registry import Registry
 
 from .chip_dataset import ChipDataset
@@ -17,12 +18,13 @@ from .radiometry import ChipDecoder
 from .records import ChipRecord, DatasetError, relabel
 from .pairs import PairDataset, ShuffledBatchSampler, collate_pairs, identity_pairs, scan_pairs
 from .samplers import PKBatchSampler
-from .screening import screen_records
+from .screening import fill_cache, screen_records
 from .ship_size import ShipSizeEncoder
 from .transforms import build_test_transform, build_train_transform
 
 logger = logging.getLogger("shipreid.data")
 _reported_caps: set[tuple[int, int]] = set()  # (requested, available) worker caps already logged
+_reported_budgets: set[tuple[float, int]] = set()  # (CACHE_MAX_GB, ranks on the node) already logged
 
 DATASETS = Registry("dataset")
 DATASETS.register("HOSS")(HOSS)
@@ -33,10 +35,41 @@ def build_dataset(cfg):
                                                               on_bad_image=cfg.DATALOADER.ON_BAD_IMAGE)
 
 
-def screen(cfg, records, decoder) -> tuple[list[ChipRecord], dict]:
-    """Training, pair or test images decoded once up front (DATALOADER.ON_BAD_IMAGE, CACHE_IMAGES, CACHE_MAX_GB)."""
-    cache_bytes = cfg.DATALOADER.CACHE_MAX_GB * 2 ** 30 if cfg.DATALOADER.CACHE_IMAGES else 0.0
-    return screen_records(records, decoder, cfg.DATALOADER.ON_BAD_IMAGE, cache_bytes)
+def screen(cfg, records, decoder, reads=None) -> tuple[list[ChipRecord], dict]:
+    """Training, pair or test images decoded once up front, split over the ranks (DATALOADER.ON_BAD_IMAGE):
+    (the records that decode, the same on every rank; this rank's image cache). With DATALOADER.CACHE_IMAGES the
+    cache holds, within the rank's share of CACHE_MAX_GB, the images `reads(kept records)` lists (default all)."""
+    budget = cache_budget(cfg)
+    kept, held = screen_records(records, decoder, cfg.DATALOADER.ON_BAD_IMAGE, budget)
+    cache = fill_cache(kept if reads is None else reads(kept), held, decoder, budget)
+    if budget:
+        log_cache_sizes(cache)
+    return kept, cache
+
+
+def ranks_on_node() -> int:
+    return int(os.environ.get("LOCAL_WORLD_SIZE", world_size()))  # set by torchrun; else all ranks on one node
+
+
+def cache_budget(cfg) -> float:
+    """Bytes of decoded chips one rank may keep per image set: DATALOADER.CACHE_MAX_GB is the node's, shared
+    evenly by the ranks torchrun starts on it (0 without DATALOADER.CACHE_IMAGES)."""
+    if not cfg.DATALOADER.CACHE_IMAGES:
+        return 0.0
+    gigabytes, ranks = cfg.DATALOADER.CACHE_MAX_GB, ranks_on_node()
+    if (gigabytes, ranks) not in _reported_budgets:
+        _reported_budgets.add((gigabytes, ranks))
+        logger.info("image cache: DATALOADER.CACHE_MAX_GB %g GB per node and image set, %.3g GB for each of its %d "
+                    "rank(s)", gigabytes, gigabytes / ranks, ranks)
+    return gigabytes / ranks * 2 ** 30
+
+
+def log_cache_sizes(cache: dict) -> None:
+    """Images and MB each rank keeps in its cache (rank 0 logs every rank's)."""
+    sizes = gather_objects((len(cache), sum(pixels.nbytes for pixels, _ in cache.values()) / 2 ** 20))
+    if is_main():
+        logger.info("image cache per rank: %s images, %s MB", [n for n, _ in sizes],
+                    [round(mb, 1) for _, mb in sizes])
 
 
 def available_cpus() -> int:

@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
@@ -38,27 +39,60 @@ def _image_key(record: ChipRecord) -> tuple[str, int]:
     return record.name, os.path.getsize(record.path)
 
 
+def unique_images(protocols: list[Protocol]) -> list[ChipRecord]:
+    """One record per image (its first), over every protocol's query and gallery: the rows of the features."""
+    images: dict[tuple[str, int], ChipRecord] = {}
+    for protocol in protocols:
+        for record in protocol.query + protocol.gallery:
+            images.setdefault(_image_key(record), record)
+    return list(images.values())
+
+
+def screening_order(protocols: list[Protocol]) -> list[ChipRecord]:
+    """Every test file once: the first file of each image (the feature rows, when all decode), then the copies.
+    Split over the ranks like the rows, the check then decodes on each rank the chips it embeds and caches."""
+    first, copies, images = [], [], set()
+    for record in {r.path: r for p in protocols for r in p.query + p.gallery}.values():
+        try:
+            image = _image_key(record)
+        except OSError:  # a missing file: the check names it
+            image = record.path
+        (copies if image in images else first).append(record)
+        images.add(image)
+    return first + copies
+
+
+def keep_only(protocols: list[Protocol], paths: set[str]) -> list[Protocol]:
+    return [Protocol(p.name, [r for r in p.query if r.path in paths], [r for r in p.gallery if r.path in paths],
+                     p.derived) for p in protocols]
+
+
+def shard_rows(num_rows: int) -> range:
+    """The rows this rank embeds: every world-th from its rank."""
+    return range(rank(), num_rows, world_size())
+
+
 class Evaluator:
     """Test images are checked (decoded) once at construction, so a bad file stops the run before any
     training or embedding; with DATALOADER.ON_BAD_IMAGE skip it leaves the protocols instead. With
-    DATALOADER.CACHE_IMAGES the decoded chips stay in memory (up to CACHE_MAX_GB) for every evaluation."""
+    DATALOADER.CACHE_IMAGES the decoded chips of the rows this rank embeds stay in memory (within its share of
+    CACHE_MAX_GB) for every evaluation.
+
+    Under torchrun each rank embeds its rows, and rank 0 alone scores the gathered features and hands every
+    rank the same results."""
 
     def __init__(self, cfg, protocols: list[Protocol]):
         self.cfg = cfg
         self.logged_feature = False
-        unique = {r.path: r for p in protocols for r in p.query + p.gallery}
-        usable, self.cache = screen(cfg, list(unique.values()), ChipDecoder.from_config(cfg))
-        keep = {r.path for r in usable}
-        self.protocols = [Protocol(p.name, [r for r in p.query if r.path in keep],
-                                   [r for r in p.gallery if r.path in keep], p.derived) for p in protocols]
-        self.records: list[ChipRecord] = []
-        self.row: dict[tuple[str, int], int] = {}
-        for protocol in self.protocols:
-            for record in protocol.query + protocol.gallery:
-                key = _image_key(record)
-                if key not in self.row:
-                    self.row[key] = len(self.records)
-                    self.records.append(record)
+
+        def own_rows(kept: list[ChipRecord]) -> list[ChipRecord]:
+            records = unique_images(keep_only(protocols, {r.path for r in kept}))
+            return [records[i] for i in shard_rows(len(records))]
+
+        usable, self.cache = screen(cfg, screening_order(protocols), ChipDecoder.from_config(cfg), reads=own_rows)
+        self.protocols = keep_only(protocols, {r.path for r in usable})
+        self.records = unique_images(self.protocols)
+        self.row = {_image_key(r): i for i, r in enumerate(self.records)}
 
     @torch.no_grad()
     def _embed(self, model, device, loader_for, num_rows: int, desc: str) -> torch.Tensor:
@@ -72,22 +106,17 @@ class Evaluator:
             logger.info("test feature: %s (TEST.NECK_FEAT %s), %s", model.test_feature(self.cfg.TEST.NECK_FEAT),
                         self.cfg.TEST.NECK_FEAT, "L2-normalised" if self.cfg.TEST.FEAT_NORM else "not normalised")
             self.logged_feature = True
-        rows = list(range(rank(), num_rows, world_size()))
+        rows = list(shard_rows(num_rows))
         feats = []
         for batch in tqdm(loader_for(rows), desc=desc, unit="batch", leave=False, dynamic_ncols=True,
                           disable=not is_main()):
             feats.append(model.embed(move_batch(batch, device), self.cfg.TEST.NECK_FEAT,
                                      self.cfg.TEST.FLIP_FEATS).float().cpu())
         model.train(was_training)
-        local = torch.cat(feats) if feats else torch.empty(0, 0)
+        local = torch.cat(feats) if feats else None  # None: a rank with no rows (fewer images than ranks)
         if world_size() == 1:
-            return local
-        merged = None
-        for shard_rows, shard in gather_objects((rows, local)):
-            if merged is None:
-                merged = torch.empty(num_rows, shard.shape[1])
-            merged[shard_rows] = shard
-        return merged
+            return local if local is not None else torch.empty(0, 0)
+        return merge_shards(gather_objects((rows, local)), num_rows)
 
     def extract(self, model, device) -> torch.Tensor:
         """Features of every unique test image (row order of self.records), fused with their pseudo-SAR
@@ -157,9 +186,12 @@ class Evaluator:
         return metrics
 
     def evaluate(self, model, device) -> tuple[dict, torch.Tensor]:
-        """Metrics of every protocol and the (fused, when configured) features."""
+        """Metrics of every protocol (the same on every rank) and the (fused, when configured) features."""
         feats = self.extract(model, device)
-        return {p.name: self.score(feats, p) for p in self.protocols}, feats
+        return on_rank0_for_all(lambda: self.score_all(feats.to(device))), feats
+
+    def score_all(self, feats: torch.Tensor) -> dict:
+        return {p.name: self.score(feats, p) for p in self.protocols}
 
     def save_ranked_lists(self, feats: torch.Tensor, output_dir: str) -> list[str]:
         """ranked_<protocol>.png for the first TEST.RANKED_LIST_QUERIES queries of every protocol, ranked as
@@ -186,6 +218,35 @@ class Evaluator:
                      num_query=np.int64(len(protocol.query)))
             paths.append(path)
         return paths
+
+
+def merge_shards(shards: list[tuple[list[int], torch.Tensor | None]], num_rows: int) -> torch.Tensor:
+    """The num_rows x dim matrix from every rank's (rows, features); a rank without rows sent None."""
+    filled = [(rows, feats) for rows, feats in shards if feats is not None]
+    if not filled:
+        return torch.empty(0, 0)
+    merged = torch.empty(num_rows, filled[0][1].shape[1])
+    for rows, feats in filled:
+        merged[rows] = feats
+    return merged
+
+
+def on_rank0_for_all(compute):
+    """compute() on rank 0 only (one process allocates: the re-ranking memory check holds); every rank returns
+    its value, or raises its ShipReIDError, received through a broadcast the other ranks wait in."""
+    if world_size() == 1:
+        return compute()
+    outcome = [None]
+    if is_main():
+        try:
+            outcome[0] = (compute(), None)
+        except ShipReIDError as err:
+            outcome[0] = (None, err)
+    dist.broadcast_object_list(outcome, src=0)
+    value, error = outcome[0]
+    if error is not None:
+        raise error
+    return value
 
 
 def features_for_ranking(test_cfg, query: torch.Tensor, gallery: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

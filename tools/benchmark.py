@@ -6,6 +6,7 @@
   python tools/benchmark.py --mode infer --batch 64 MODEL.DEVICE cuda SOLVER.AMP bf16
   python tools/benchmark.py --mode rerank --num-query 1000 --num-gallery 5000
   python tools/benchmark.py --mode data --config_file configs/demo/transoss.yml
+  torchrun --standalone --nproc_per_node 2 tools/benchmark.py --mode startup --config_file configs/demo/transoss.yml
 
 Prints images/s (or seconds), step time, peak memory and, on a GPU, the model FLOPs and MFU (fraction of the device's
 dense bf16 peak given by --peak-tflops); --json FILE writes the same figures.
@@ -237,9 +238,34 @@ def bench_data(args, cfg) -> dict:
             "workers": cfg.DATALOADER.NUM_WORKERS}
 
 
+def bench_startup(cfg, device) -> list[dict]:
+    """What a training run builds before its first step (training loader, evaluator: their image checks and
+    caches), in one process or under torchrun: seconds and peak RSS of every rank, reported by rank 0."""
+    from datasets import build_dataset, build_train_loader
+    from processor.evaluator import Evaluator
+    from utils.distributed import cleanup, gather_objects, init_distributed, is_main, rank, world_size
+    init_distributed(device, cfg.DIST.TIMEOUT_S)
+    rss_before = peak_memory_gib(torch.device("cpu"))
+    start = time.perf_counter()
+    dataset = build_dataset(cfg)
+    train = build_train_loader(cfg, dataset.train, rank(), world_size()).dataset
+    train_seconds = time.perf_counter() - start
+    evaluator = Evaluator(cfg, [dataset.protocol(name) for name in cfg.DATASETS.PROTOCOLS])
+    ranks = gather_objects({"rank": rank(), "seconds": time.perf_counter() - start, "train_seconds": train_seconds,
+                            "peak_rss_gib": peak_memory_gib(torch.device("cpu")), "peak_rss_before_gib": rss_before,
+                            "train_images": len(train), "train_cached": len(train.cache),
+                            "test_images": len(evaluator.records), "test_cached": len(evaluator.cache)})
+    cleanup()
+    if not is_main():
+        return []
+    return [{"mode": "startup", "ranks": len(ranks), "image_cache": cfg.DATALOADER.CACHE_IMAGES,
+             "cache_max_gb": cfg.DATALOADER.CACHE_MAX_GB, "seconds": max(r["seconds"] for r in ranks),
+             "per_rank": ranks}]
+
+
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=describe(__doc__))
-    parser.add_argument("--mode", choices=("train", "infer", "eval", "rerank", "data"), required=True)
+    parser.add_argument("--mode", choices=("train", "infer", "eval", "rerank", "data", "startup"), required=True)
     parser.add_argument("--batch", type=int, default=64, help="images per step (train, infer)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps (train, infer) or batches (data)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
@@ -271,11 +297,13 @@ def main(argv=None) -> list[dict]:
         runs = [bench_infer(args, cfg, device)]
     elif args.mode == "rerank":
         runs = [bench_rerank(args, cfg, device)]
+    elif args.mode == "startup":
+        runs = bench_startup(cfg, device)  # empty on the ranks other than 0
     else:
         runs = [bench_data(args, cfg)]
     for figures in runs:
         print(json.dumps(figures, indent=2))
-    if args.json:
+    if args.json and runs:
         with open(args.json, "w") as f:
             json.dump(runs, f, indent=2)
     return runs

@@ -35,6 +35,8 @@ def available_memory(device: torch.device) -> int:
 
 
 def check_memory(n: int, device: torch.device) -> None:
+    """Raise when re-ranking n images would not fit in what `device` has free. One process's need is enough:
+    under torchrun only rank 0 scores (processor/evaluator.py), while the other ranks wait."""
     need = RERANK_BYTES_PER_PAIR * n * n
     try:
         free = available_memory(device)
