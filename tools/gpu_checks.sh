@@ -10,15 +10,22 @@
 #
 # Every check runs even if an earlier one fails; the exit status says whether all passed.
 #
-# On a machine that lacks a pure-Python requirement (yacs on the project's H200 image), download its wheel
-# where pip works (`pip download --no-deps -d .whl yacs==0.1.8`), take .whl along, and start with
+# Python: $PYTHON, else the README's .venv when present, else python3. When the requirements do not import, they
+# are installed from requirements.txt (the pinned torch 2.14.1 is a CUDA 13.0 build: it needs an NVIDIA driver
+# >= 580). Offline, for a pure-Python requirement missing from a preinstalled image (yacs on the project's H200
+# image), download its wheel where pip works (`pip download --no-deps -d .whl yacs==0.1.8`), take .whl along,
+# and start with
 #   pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-gpu_figures}
 mkdir -p "$out"
-py=${PYTHON:-python3}
+if [[ -n "${PYTHON:-}" ]]; then py=$PYTHON; elif [[ -x .venv/bin/python ]]; then py=.venv/bin/python; else py=python3; fi
 export PYTHONUNBUFFERED=1
+if ! "$py" -c "import torch, torchvision, timm, yacs, cv2, tqdm" 2>/dev/null; then
+    echo "requirements missing for $py: installing requirements.txt"
+    "$py" -m pip install -q -r requirements.txt || { echo "cannot install requirements.txt (offline?): see the header"; exit 2; }
+fi
 
 if [[ "${QUICK:-0}" == 1 ]]; then
     device=cpu
