@@ -29,16 +29,32 @@ def _grid_problems(cfg) -> list[str]:
             "both sizes to the same value"]
 
 
+# the settings each SAR radiometry reads, besides its name
+_RADIOMETRY_KEYS = {"max": (), "percentile": ("sar_percentiles",), "db": ("sar_db_range",)}
+
+
 def _fusion_problems(cfg) -> list[str]:
-    """TEST.FUSION.NUM_SAMPLES against the samples per chip of the generator that filled TEST.FUSION.CACHE_DIR."""
-    from datasets.pseudo_sar import GENERATOR_FILE, generator_samples
+    """TEST.FUSION against the generator that filled TEST.FUSION.CACHE_DIR: samples per chip, and the SAR
+    radiometry its pseudo-SAR chips imitate (fused into features of another SAR domain they would be wrong)."""
+    from datasets.pseudo_sar import GENERATOR_FILE, read_generator, sar_domain
     fusion = cfg.TEST.FUSION
-    generated = generator_samples(fusion.CACHE_DIR) if fusion.CACHE_DIR else None
-    if generated is None or generated >= fusion.NUM_SAMPLES:
-        return []
-    return [f"TEST.FUSION.NUM_SAMPLES {fusion.NUM_SAMPLES} asks for more pseudo-SAR chips per optical chip than the "
-            f"{generated} that {fusion.CACHE_DIR}/{GENERATOR_FILE} says were generated: set TEST.FUSION.NUM_SAMPLES "
-            f"{generated} or regenerate the cache with more"]
+    generator = read_generator(fusion.CACHE_DIR) if fusion.CACHE_DIR else {}
+    where, problems = f"{fusion.CACHE_DIR}/{GENERATOR_FILE}", []
+    generated = generator.get("num_samples")
+    if generated is not None and generated < fusion.NUM_SAMPLES:
+        problems.append(f"TEST.FUSION.NUM_SAMPLES {fusion.NUM_SAMPLES} asks for more pseudo-SAR chips per optical chip "
+                        f"than the {generated} that {where} says were generated: set TEST.FUSION.NUM_SAMPLES "
+                        f"{generated} or regenerate the cache with more")
+    domain = sar_domain(cfg)
+    if "sar_radiometry" not in generator:  # a cache from before the radiometry was recorded
+        return problems
+    keys = ("sar_radiometry", *_RADIOMETRY_KEYS.get(generator["sar_radiometry"], ()))
+    differ = {key: (generator.get(key), domain[key]) for key in keys if generator.get(key) != domain[key]}
+    if differ:
+        problems.append(f"{where} was generated for another SAR radiometry than this run's ("
+                        + ", ".join(f"{k}: cache {v[0]} vs INPUT.{k.upper()} {v[1]}" for k, v in differ.items())
+                        + "): set INPUT.SAR_* as for the generation or regenerate the cache")
+    return problems
 
 
 def config_problems(cfg) -> list[str]:

@@ -1,7 +1,7 @@
 """The on-disk cache of generated pseudo-SAR chips (MOS cross-modal synthesis), keyed by source file.
 
     <dir>/generator.json             what generated the cache (BBDM weights hash, steps, eta, seed, size, samples
-                                     per chip)
+                                     per chip, the SAR radiometry it imitates)
     <dir>/<source stem>/source.json  the optical source: name, SHA-1 of its bytes, pixel width and height
     <dir>/<source stem>/<k>.png      sample k (8-bit grey, 3 channels)
 
@@ -65,14 +65,19 @@ def check_generator(cache_dir: str, fingerprint: dict) -> None:
     os.replace(path + ".tmp", path)
 
 
-def generator_samples(cache_dir: str) -> int | None:
-    """Samples per chip that the cache's generator wrote (None: no generator file yet, or one that predates the
-    count). A small file: read at start-up, before any chip."""
+def sar_domain(cfg) -> dict:
+    """The SAR radiometry the generator's samples imitate (what the SAR gallery of a fused evaluation must use)."""
+    return {"sar_radiometry": cfg.INPUT.SAR_RADIOMETRY, "sar_percentiles": list(cfg.INPUT.SAR_PERCENTILES),
+            "sar_db_range": list(cfg.INPUT.SAR_DB_RANGE)}
+
+
+def read_generator(cache_dir: str) -> dict:
+    """The cache's generator description ({} before any generation). A small file: read at start-up."""
     path = os.path.join(cache_dir, GENERATOR_FILE)
     if not os.path.isfile(path):
-        return None
+        return {}
     with open(path) as f:
-        return json.load(f).get("num_samples")
+        return json.load(f)
 
 
 def has_entry(cache_dir: str, record: ChipRecord) -> bool:

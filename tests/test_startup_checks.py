@@ -54,6 +54,28 @@ def test_fusion_sample_count_is_checked_against_the_cache_generator(tmp_path):
     assert not isinstance(caught.value, ConfigCheckError) and "no_such_folder" in str(caught.value)
 
 
+def test_fusion_refuses_a_cache_made_for_another_sar_radiometry(tmp_path):
+    """MOS fuses pseudo-SAR chips imitating its percentile-stretched SAR: a cache generated for another SAR domain
+    (max scaling, or other percentiles) is refused at start-up; the same domain passes the check."""
+    cache = tmp_path / "pseudo_sar"
+    cache.mkdir()
+    common = ["--config_file", "configs/hoss/mos.yml", *TINY_RUN, "DATASETS.ROOT_DIR", str(tmp_path / "no_such_folder"),
+              "TEST.WEIGHT", "x.pth", "TEST.FUSION.CACHE_DIR", str(cache), "OUTPUT_DIR", str(tmp_path / "out")]
+    generated = {"num_samples": 5, "sar_radiometry": "percentile", "sar_percentiles": [5.0, 100.0],
+                 "sar_db_range": [-40.0, 20.0]}
+    for other, message in ((dict(generated, sar_radiometry="max"), r"sar_radiometry: cache max vs INPUT\.SAR_RADIOMETRY "
+                            r"percentile"),
+                           (dict(generated, sar_percentiles=[2.0, 98.0]), r"sar_percentiles: cache \[2\.0, 98\.0\] vs "
+                            r"INPUT\.SAR_PERCENTILES \[5\.0, 100\.0\]")):
+        (cache / "generator.json").write_text(json.dumps(other))
+        with pytest.raises(ConfigCheckError, match=r"generated for another SAR radiometry.*" + message):
+            test_entry.main(common)
+    (cache / "generator.json").write_text(json.dumps(dict(generated, sar_db_range=[-30.0, 10.0])))  # unused by it
+    with pytest.raises(ShipReIDError) as caught:
+        test_entry.main(common)
+    assert not isinstance(caught.value, ConfigCheckError) and "no_such_folder" in str(caught.value)
+
+
 def test_every_problem_is_listed_at_once(tmp_path):
     with pytest.raises(ConfigCheckError) as caught:
         train_entry.main(["--config_file", "configs/hoss/transoss.yml", *TINY_RUN, "INPUT.SIZE_TEST", "[128,64]",

@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import add_config_args, parse_args  # noqa: E402
 from configs.loader import ConfigError  # noqa: E402
 from datasets import build_dataset  # noqa: E402
-from datasets.pseudo_sar import check_generator, file_sha1, has_entry, write_entry  # noqa: E402
+from datasets.pseudo_sar import check_generator, file_sha1, has_entry, sar_domain, write_entry  # noqa: E402
 from datasets.radiometry import ChipDecoder  # noqa: E402
 from datasets.records import OPTICAL  # noqa: E402
 from datasets.transforms import ResizeToTensor  # noqa: E402
@@ -66,7 +66,8 @@ def main(argv=None) -> dict:
         raise ConfigError("TEST.FUSION.CACHE_DIR is empty: name the folder the pseudo-SAR chips go to")
     translator = load_translator(cfg, device)
     fingerprint = {"weights_sha1": file_sha1(cfg.BBDM.WEIGHTS), "steps": cfg.BBDM.SAMPLE_STEPS,
-                   "eta": cfg.BBDM.SAMPLE_ETA, "seed": cfg.SEED, "size": list(cfg.INPUT.SIZE_TRAIN), "num_samples": k}
+                   "eta": cfg.BBDM.SAMPLE_ETA, "seed": cfg.SEED, "size": list(cfg.INPUT.SIZE_TRAIN), "num_samples": k,
+                   **sar_domain(cfg)}
     if is_main():
         check_generator(cache_dir, fingerprint)
     barrier()
