@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from .records import DISTRACTOR_PID, OPTICAL, SAR, ChipRecord, DatasetError, relabel, scan_hoss_folder
+from .records import DISTRACTOR_PID, MODALITY_NAMES, OPTICAL, SAR, ChipRecord, DatasetError, relabel, scan_hoss_folder
 from .screening import POLICIES
 
 PROTOCOLS = ("ALL", "O2S", "S2O")
@@ -73,9 +73,19 @@ class HOSS:
             return Protocol(name, query, gallery, derived=False)
         subset = os.path.join("subset", name)
         if os.path.isdir(os.path.join(self.root, subset)):
-            return Protocol(name, self.split(os.path.join(subset, "query")),
-                            self.split(os.path.join(subset, "bounding_box_test")), derived=False)
+            # fusion and the cross-modal metrics take these folders to hold one modality each: checked, not assumed
+            return Protocol(name, *(self._one_modality(os.path.join(subset, split), modality, name) for split, modality
+                                    in zip(("query", "bounding_box_test"), CROSS_MODAL[name])), derived=False)
         return derive_cross_modal(name, query, gallery)
+
+    def _one_modality(self, split: str, modality: int, protocol: str) -> list[ChipRecord]:
+        records = self.split(split)
+        for record in records:
+            if record.modality != modality:
+                raise DatasetError(f"{record.path}: {MODALITY_NAMES[record.modality]} chip in {split}, which holds "
+                                   f"{MODALITY_NAMES[modality]} chips only for {protocol}; move it out (or remove "
+                                   f"subset/{protocol} to derive the protocol from the ALL folders)")
+        return records
 
     def check_disjoint_identities(self) -> None:
         """Train and test identities must not overlap (a leak that inflates every metric)."""

@@ -194,6 +194,23 @@ def test_release_subset_folders_are_used_when_present(tmp_path):
     assert [r.name for r in s2o.gallery] == ["-1_0090_RGB.tif", "0002_s05c3_RGB.tif", "0201_s01c2_RGB.tif"]
 
 
+@pytest.mark.parametrize("protocol,split,planted", [
+    ("O2S", "bounding_box_test", "0009_s05c3_RGB.tif"),   # an optical chip in the O2S (SAR) gallery
+    ("S2O", "query", "0002_s05c1_RGB.tif")])              # an optical chip among the S2O (SAR) queries
+def test_a_subset_folder_holds_one_modality(tmp_path, protocol, split, planted):
+    """Fusion and the cross-modal metrics take subset/O2S and subset/S2O to hold one modality per folder: a chip
+    of the other modality is an error naming it, not a silently mixed protocol."""
+    layout = dict(BASE_LAYOUT)
+    query, gallery = {"O2S": (["0002_s05c1_RGB.tif"], ["0002_s05c2_SAR.tif"]),
+                      "S2O": (["0201_s01c1_SAR.tif"], ["0201_s01c2_RGB.tif"])}[protocol]
+    layout[f"subset/{protocol}/query"] = query + ([planted] if split == "query" else [])
+    layout[f"subset/{protocol}/bounding_box_test"] = gallery + ([planted] if split != "query" else [])
+    hoss = HOSS(make_hoss(tmp_path, layout))
+    with pytest.raises(DatasetError, match=rf"{planted}: optical chip in subset/{protocol}/{split}, which holds SAR "
+                                           rf"chips only for {protocol}; move it out"):
+        hoss.protocol(protocol)
+
+
 def test_derived_when_no_subset_folder(tmp_path):
     hoss = HOSS(make_hoss(tmp_path, BASE_LAYOUT))
     o2s = hoss.protocol("O2S")
