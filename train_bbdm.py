@@ -23,6 +23,9 @@ from utils.errors import ShipReIDError
 
 
 class EMAHook(Hook):
+    """Tells the translator every optimizer step; it updates on every BBDM.EMA_INTERVAL-th. The count is the
+    trainer's optimizer_steps, which checkpoints keep, so a resumed run updates on the same steps."""
+
     def after_step(self, trainer):
         if not trainer.step_wrapper.pending:  # the optimizer stepped on this batch
             unwrap(trainer.model).update_ema(trainer.optimizer_steps)
@@ -46,12 +49,12 @@ def build_bbdm_trainer(cfg, device, logger) -> Trainer:
     if cfg.BBDM.PRETRAIN_PATH:
         load_translator_weights(model, cfg.BBDM.PRETRAIN_PATH)
     model.to(device)
-    if cfg.MODEL.COMPILE:  # the trained UNet only: sampling (EMA copy) stays eager, so caches stay bit-stable
-        model.unet.compile()
     criterion, optimizer, writer = training_parts(cfg, model, device)
     export = CheckpointHook(cfg.SOLVER.CHECKPOINT_PERIOD, cfg.OUTPUT_DIR,
                             final_exports=[lambda t: [export_translator(unwrap(t.model), cfg.OUTPUT_DIR)]])
-    return Trainer(cfg, wrap_ddp(model, device), criterion, optimizer, CosineWarmupScheduler(optimizer, cfg),
+    # the trained UNet only, after the DDP wrap (wrap_ddp): sampling (EMA copy) stays eager, so caches stay bit-stable
+    compiled = model.unet if cfg.MODEL.COMPILE else None
+    return Trainer(cfg, wrap_ddp(model, device, compiled), criterion, optimizer, CosineWarmupScheduler(optimizer, cfg),
                    loader, device, [ProgressHook(cfg.SOLVER.LOG_PERIOD, writer), EMAHook(), export])
 
 

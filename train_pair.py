@@ -28,7 +28,8 @@ def build_pair_trainer(cfg, device, logger) -> Trainer:
     model, criterion, optimizer, writer = prepare_training(cfg, build_model(cfg, with_neck=False), device, logger)
     export = CheckpointHook(cfg.SOLVER.CHECKPOINT_PERIOD, cfg.OUTPUT_DIR, final_exports=[
         lambda t: [export_backbone(unwrap(t.model), cfg.OUTPUT_DIR, "backbone_final")]])
-    return Trainer(cfg, wrap_ddp(model, device), criterion, optimizer, CosineWarmupScheduler(optimizer, cfg),
+    compiled = model.backbone if cfg.MODEL.COMPILE else None  # compiled after the DDP wrap (wrap_ddp)
+    return Trainer(cfg, wrap_ddp(model, device, compiled), criterion, optimizer, CosineWarmupScheduler(optimizer, cfg),
                    loader, device, [ProgressHook(cfg.SOLVER.LOG_PERIOD, writer), export])
 
 

@@ -1,7 +1,7 @@
 """The on-disk cache of generated pseudo-SAR chips (MOS cross-modal synthesis), keyed by source file.
 
-    <dir>/generator.json             what generated the cache (BBDM weights hash, steps, eta, seed, size, samples
-                                     per chip, the SAR radiometry it imitates)
+    <dir>/generator.json             what generated the cache (BBDM weights hash, steps, eta, sampling
+                                     precision, seed, size, samples per chip, the SAR radiometry it imitates)
     <dir>/<source stem>/source.json  the optical source: name, SHA-1 of its bytes, pixel width and height
     <dir>/<source stem>/<k>.png      sample k (8-bit grey, 3 channels)
 

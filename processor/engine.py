@@ -44,12 +44,21 @@ def unwrap(model):
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
-def wrap_ddp(model, device: torch.device):
+def wrap_ddp(model, device: torch.device, compiled: torch.nn.Module | None = None):
     """DDP over torchrun's ranks (no-op for one process). Every trainable parameter takes part in the
-    loss, so no `find_unused_parameters` (and its extra graph traversal) is needed."""
-    if world_size() == 1:
-        return model
-    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    loss, so no `find_unused_parameters` (and its extra graph traversal) is needed.
+
+    `compiled`: a submodule of `model` to torch.compile in place (MODEL.COMPILE), after the wrap. Dynamo splits a
+    graph at DDP's bucket boundaries (DDPOptimizer, torch._dynamo.config.optimize_ddp) only when it first traces
+    the frame inside DDP's forward, and it reuses a graph traced outside DDP there without splitting: the compiled
+    backward then hands DDP every gradient at its end and no all-reduce overlaps it. Compiling after the wrap
+    leaves no way to trace the module before DDP runs it (a no_grad evaluation through unwrap() traces another
+    graph, guarded on grad mode). In place, so the state-dict keys stay those of the eager module."""
+    wrapped = model if world_size() == 1 else \
+        DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if compiled is not None:
+        compiled.compile()
+    return wrapped
 
 
 class Trainer:

@@ -147,8 +147,83 @@ def test_bad_bridge_settings_say_what_to_do():
         BrownianBridge(objective="eps")
     with pytest.raises(ShipReIDError, match="loss"):
         BrownianBridge(loss="huber")
-    with pytest.raises(ShipReIDError, match="steps"):
-        BrownianBridge(num_timesteps=10).sample(tiny_unet(), torch.zeros(1, 3, 8, 4), steps=11)
+    for steps in (0, 11):
+        with pytest.raises(ShipReIDError, match=r"\(BBDM\.SAMPLE_STEPS\) must be in 1\.\.10"):
+            BrownianBridge(num_timesteps=10).sample(tiny_unet(), torch.zeros(1, 3, 8, 4), steps=steps)
+    with pytest.raises(ShipReIDError, match=r"BBDM\.SAMPLE_ETA"):
+        BrownianBridge(num_timesteps=10).sample(tiny_unet(), torch.zeros(1, 3, 8, 4), steps=2, eta=-0.5)
+
+
+# ------------------------------------------------------------------------------------------ skip schedule
+def test_skip_schedule_is_bbdms_linear_schedule():
+    """BBDM's "linear" schedule: floor(T-1 - i h) for i = 0, 1, ... while above 1 (h = (T-1) / (steps-2), points
+    computed in float32 as the reference does), then 1, 0."""
+    timesteps = BrownianBridge(num_timesteps=T).sample_timesteps(200)
+    # h = 999 / 198 = 5.04545...: 999, 993.95, 988.91, 983.86, 978.82, ...
+    assert len(timesteps) == 200
+    assert timesteps[:5] == [999, 993, 988, 983, 978]
+    # i = 196: 999 - 196 h = 10.09; i = 197: 999 - 197 h = h = 5.05 (the last point above 1)
+    assert timesteps[-4:] == [10, 5, 1, 0]
+    # i = 65: 671.05; i = 67: 660.95; i = 66: 999 - 66 * 999 / 198 = 999 - 333 = 666 exactly, which float32 keeps
+    # (666.0, the reference) and float64 misses (665.99999999999989 -> 665)
+    assert timesteps[65:68] == [671, 666, 660]
+
+    small = BrownianBridge(num_timesteps=10)
+    assert small.sample_timesteps(6) == [9, 6, 4, 2, 1, 0]               # h = 9/4: 9, 6.75, 4.5, 2.25
+    assert small.sample_timesteps(5) == [9, 6, 3, 1, 0]                  # h = 3
+    assert small.sample_timesteps(4) == [9, 4, 1, 0]                     # h = 4.5: 9, 4.5
+    assert small.sample_timesteps(3) == [9, 1, 0]                        # h = 9: T-1 alone, then 1, 0
+    # h = 1.5: 9, 7.5, 6, 4.5, 3, 1.5 -> the last point truncates to 1, which then comes twice (as in BBDM)
+    assert small.sample_timesteps(8) == [9, 7, 6, 4, 3, 1, 1, 0]
+    # beyond the reference's skip schedule: every timestep, T-1 then 0, T-1 alone
+    assert small.sample_timesteps(10) == [9, 8, 7, 6, 5, 4, 3, 2, 1, 0]
+    assert small.sample_timesteps(2) == [9, 0]
+    assert small.sample_timesteps(1) == [9]
+
+
+class ConstantGrad(nn.Module):
+    """A denoiser that predicts the same "grad" whatever it is given, remembering the (x_t, t) it was fed."""
+
+    def __init__(self, value: float):
+        super().__init__()
+        self.value, self.seen = value, []
+
+    def forward(self, x_t, t, cond):
+        self.seen.append((x_t.item(), int(t)))
+        return torch.full_like(x_t, self.value)
+
+
+@pytest.mark.parametrize("eta", [0.5, 0.0])
+def test_sampling_steps_match_hand_computed_bbdm_jumps(eta):
+    """Two jumps 9 -> 1 -> 0 of a T = 10 bridge, worked out by hand: the mean is the posterior mean whatever eta
+    is, and eta scales only the noise (BBDM's sampler; DDIM's eta would also change the mean coefficient)."""
+    # m_t = 0.1 + 0.09 t: m_9 = 0.91, m_1 = 0.19, m_0 = 0.1; delta = 2 (m - m^2): delta_9 = 0.1638,
+    # delta_1 = 0.3078, delta_0 = 0.18
+    bridge = BrownianBridge(num_timesteps=10, m_min=0.1, m_max=0.91)
+    assert bridge.sample_timesteps(3) == [9, 1, 0]
+    y = torch.full((1, 1, 1, 1), 0.5)
+    denoiser = ConstantGrad(0.3)                                   # x0_hat = x_t - 0.3
+    out = bridge.sample(denoiser, y, steps=3, eta=eta, generator=torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)
+    z1, z2 = (torch.randn((1, 1, 1, 1), generator=g).item() for _ in range(2))
+
+    # 9 -> 1 from x_9 = y = 0.5, x0_hat = 0.2: a = 0.09 / 0.81 = 1/9, delta_{9|1} = 0.1638 - 0.3078 / 81 = 0.16,
+    # sigma^2 = 0.3078 * 0.16 / 0.1638 = 27.36 / 91, mean coefficient sqrt((0.3078 - 27.36 / 91) / 0.1638) =
+    # sqrt(0.6498 / 14.9058) = 19 / 91 (= a delta_1 / delta_9);
+    # mu_9 = 0.09 * 0.2 + 0.91 * 0.5 = 0.473, mu_1 = 0.81 * 0.2 + 0.19 * 0.5 = 0.257
+    x1 = 0.257 + 19 / 91 * (0.5 - 0.473) + eta * math.sqrt(27.36 / 91) * z1
+    # 1 -> 0, x0_hat = x1 - 0.3: a = 0.81 / 0.9 = 0.9, delta_{1|0} = 0.3078 - 0.81 * 0.18 = 0.162,
+    # sigma^2 = 0.18 * 0.162 / 0.3078 = 1.8 / 19, mean coefficient sqrt((0.18 - 1.8 / 19) / 0.3078) =
+    # sqrt(1.62 / 5.8482) = 10 / 19
+    x0_hat = x1 - 0.3
+    mu_1, mu_0 = 0.81 * x0_hat + 0.19 * 0.5, 0.9 * x0_hat + 0.1 * 0.5
+    x0 = mu_0 + 10 / 19 * (x1 - mu_1) + eta * math.sqrt(1.8 / 19) * z2
+
+    assert [t for _, t in denoiser.seen] == [9, 1, 0]
+    assert denoiser.seen[1][0] == pytest.approx(x1, abs=1e-6)
+    assert denoiser.seen[2][0] == pytest.approx(x0, abs=1e-6)
+    assert -1 < x0 - 0.3 < 1                                       # not clipped
+    assert out.item() == pytest.approx(x0 - 0.3, abs=1e-6)
 
 
 # ------------------------------------------------------------------------------------------ UNet

@@ -8,6 +8,7 @@ import os
 
 import pytest
 import torch
+from torch import nn
 
 from conftest import TINY_MODEL
 from test_training import assert_resumed, count_steps, saved_position
@@ -17,10 +18,16 @@ import train as train_entry
 import train_bbdm
 from configs import add_config_args, parse_args
 from configs.loader import load_config
-from model.bbdm.translator import build_translator, to_uint8_grey
+from datasets import build_pair_loader
+from datasets.radiometry import ChipDecoder
+from datasets.transforms import ResizeToTensor
+from model.bbdm import BrownianBridge, ConditionalUNet
+from model.bbdm.translator import PseudoSarTranslator, build_translator, to_uint8_grey
 from processor.hooks import Hook
 from processor.setup import setup_run
-from tools import generate_pseudo_sar
+from tools import benchmark_bbdm, generate_pseudo_sar
+from utils.errors import ShipReIDError
+
 
 class CrashAfterEpoch(Hook):
     def __init__(self, epoch: int):
@@ -34,19 +41,47 @@ class CrashAfterEpoch(Hook):
 BBDM_RUN = ["--config_file", "configs/bbdm/tiny.yml", "SOLVER.CHECKPOINT_PERIOD", "1"]
 
 
-def test_translator_ema_copies_then_averages():
-    model = build_translator(load_config("configs/bbdm/tiny.yml", ["BBDM.EMA_START", "2", "BBDM.EMA_DECAY", "0.9"]))
-    ema = dict(model.ema_unet.named_parameters())
-    name, param = next(iter(model.unet.named_parameters()))
-    with torch.no_grad():
-        param.fill_(1.0)
-    model.update_ema(0)                                   # before EMA_START: a copy
-    assert torch.equal(ema[name], param)
-    with torch.no_grad():
-        param.fill_(3.0)
-    model.update_ema(2)                                   # 0.9 * 1 + 0.1 * 3
-    torch.testing.assert_close(ema[name], torch.full_like(param, 1.2))
+class OneWeight(nn.Module):
+    """A UNet stand-in: one weight and one buffer."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(1))
+        self.register_buffer("count", torch.zeros(1))
+
+
+def test_translator_ema_follows_the_bbdm_reference():
+    """Updated every EMA_INTERVAL-th optimizer step (counted from 1): a copy before EMA_START, then
+    ema = decay ema + (1 - decay) w; buffers are the live ones after every step. The live weight is the step
+    number (w = 1, 2, 3, ...); the average starts as the initial weight 0."""
+    model = PseudoSarTranslator(OneWeight(), BrownianBridge(), ema_decay=0.75, ema_start=4, ema_interval=2)
+    expected = {1: 0.0,                           # not an update step: the initial weight
+                2: 2.0,                           # 2 < EMA_START: a copy
+                3: 2.0,
+                4: 0.75 * 2.0 + 0.25 * 4.0,       # = 2.5, EMA_START reached: averaging
+                5: 2.5,
+                6: 0.75 * 2.5 + 0.25 * 6.0,       # = 3.375
+                7: 3.375,
+                8: 0.75 * 3.375 + 0.25 * 8.0}     # = 4.53125
+    for step, value in expected.items():
+        with torch.no_grad():
+            model.unet.w.fill_(step)
+            model.unet.count.fill_(10 * step)
+        model.update_ema(step)
+        assert model.ema_unet.w.item() == value, step
+        assert model.ema_unet.count.item() == 10 * step, step
     assert not any(p.requires_grad for p in model.ema_unet.parameters())
+
+
+def test_bbdm_keys_reach_the_translator_and_bad_ones_are_named():
+    built = build_translator(load_config("configs/bbdm/tiny.yml", ["BBDM.EMA_INTERVAL", "3", "BBDM.EMA_START", "7",
+                                                                   "BBDM.EMA_DECAY", "0.9"]))
+    assert (built.ema_interval, built.ema_start, built.ema_decay) == (3, 7, 0.9)
+    assert build_translator(load_config("configs/bbdm/tiny.yml")).ema_interval == 8   # the reference's interval
+    for key, value in [("EMA_INTERVAL", "0"), ("EMA_DECAY", "1.0"), ("SAMPLE_ETA", "-1.0"),
+                       ("SAMPLE_PRECISION", "fp8"), ("SAMPLE_STEPS", "1001")]:
+        with pytest.raises(ShipReIDError, match=rf"BBDM\.{key}"):
+            build_translator(load_config("configs/bbdm/tiny.yml", [f"BBDM.{key}", value]))
 
 
 def test_to_uint8_grey():
@@ -55,25 +90,27 @@ def test_to_uint8_grey():
     assert to_uint8_grey(samples).tolist() == [[[0, 128]]]
 
 
-def test_ema_start_counts_optimizer_steps_under_accumulation(hoss_root, tmp_path):
-    """ACCUM_STEPS 2 over one epoch: the EMA is told optimizer steps (half the batches, rounded up), so with
-    EMA_START above that count it is still an exact copy of the live weights."""
+def test_ema_counts_optimizer_steps_under_accumulation(hoss_root, tmp_path):
+    """ACCUM_STEPS 2 over one epoch: the EMA is told optimizer steps (half the batches, rounded up). With
+    EMA_INTERVAL that count, the last step is the one update: a copy of the live weights while EMA_START is
+    above it, an average once EMA_START is reached (told batches, the last step would be no update at all)."""
     common = [*BBDM_RUN, "DATASETS.ROOT_DIR", hoss_root, "SOLVER.MAX_EPOCHS", "1", "SOLVER.ACCUM_STEPS", "2"]
     trainer = train_bbdm.main([*common, "OUTPUT_DIR", str(tmp_path / "a")])
-    batches = trainer.global_step
-    assert batches >= 3 and trainer.optimizer_steps == (batches + 1) // 2
-    start_after_last_step = ["BBDM.EMA_START", str(trainer.optimizer_steps + 1)]
-    copied = train_bbdm.main([*common, *start_after_last_step, "OUTPUT_DIR", str(tmp_path / "b")]).model
+    batches, steps = trainer.global_step, trainer.optimizer_steps
+    assert batches >= 3 and steps == (batches + 1) // 2 and batches % steps
+    interval = ["BBDM.EMA_INTERVAL", str(steps)]
+    copied = train_bbdm.main([*common, *interval, "BBDM.EMA_START", str(steps + 1),
+                              "OUTPUT_DIR", str(tmp_path / "b")]).model
     for (name, ema), live in zip(copied.ema_unet.named_parameters(), copied.unet.parameters()):
         assert torch.equal(ema, live), name
-    # one step earlier the EMA has started averaging on the last step
-    averaged = train_bbdm.main([*common, "BBDM.EMA_START", str(trainer.optimizer_steps),
+    averaged = train_bbdm.main([*common, *interval, "BBDM.EMA_START", str(steps),
                                 "OUTPUT_DIR", str(tmp_path / "c")]).model
     assert any(not torch.equal(e, p) for e, p in zip(averaged.ema_unet.parameters(), averaged.unet.parameters()))
 
 
 def test_bbdm_training_resume_generation_and_fused_evaluation(hoss_root, tmp_path, monkeypatch):
-    common = [*BBDM_RUN, "DATASETS.ROOT_DIR", hoss_root]
+    # EMA updates at optimizer steps 3 (a copy), 6, 9, ... (averages): the resume after epoch 1 falls between two
+    common = [*BBDM_RUN, "DATASETS.ROOT_DIR", hoss_root, "BBDM.EMA_START", "4", "BBDM.EMA_INTERVAL", "3"]
     full = train_bbdm.main([*common, "OUTPUT_DIR", str(tmp_path / "bbdm"), "SOLVER.MAX_EPOCHS", "2"])
     weights = tmp_path / "bbdm" / "bbdm_final.pth"
     assert weights.is_file() and float(full.last_losses["bridge"]) > 0
@@ -86,7 +123,7 @@ def test_bbdm_training_resume_generation_and_fused_evaluation(hoss_root, tmp_pat
     with pytest.raises(KeyboardInterrupt):
         trainer.train()
     saved = saved_position(tmp_path / "cut")
-    assert saved[:2] == (2, 0)
+    assert saved[:2] == (2, 0) and saved[2] % 3 and full.optimizer_steps > saved[2] + 3
     counter = count_steps(monkeypatch, train_bbdm, "build_bbdm_trainer")
     resumed = train_bbdm.main([*common, "OUTPUT_DIR", str(tmp_path / "cut"), "SOLVER.MAX_EPOCHS", "2", "--resume"])
     assert_resumed(counter, saved, full.optimizer_steps)
@@ -103,6 +140,8 @@ def test_bbdm_training_resume_generation_and_fused_evaluation(hoss_root, tmp_pat
     assert len(entries) == summary["sources"]
     with open(cache / entries[0] / "source.json") as f:
         assert json.load(f)["num_samples"] == 2
+    with open(cache / "generator.json") as f:
+        assert json.load(f)["precision"] == "fp32"
     assert generate_pseudo_sar.main(gen)["generated"] == 0          # complete entries are kept
     # each chip has its own generator: one chip per batch gives the same bytes as the default batches
     single = tmp_path / "cache_single"
@@ -152,6 +191,63 @@ def test_bbdm_trained_on_synthetic_pairs_translates_held_out_chips(tmp_path):
     input_distance = (optical.float() / 127.5 - 1 - sar).abs().mean()
     sample_distance = (samples - sar).abs().mean()
     assert sample_distance < 0.5 * input_distance, (float(sample_distance), float(input_distance))
+
+
+def record_unet_precision(monkeypatch) -> list:
+    """(autocast on, its dtype) as seen by every ConditionalUNet forward from now on (CPU)."""
+    seen, forward = [], ConditionalUNet.forward
+
+    def recording(self, *args, **kwargs):
+        seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return forward(self, *args, **kwargs)
+    monkeypatch.setattr(ConditionalUNet, "forward", recording)
+    return seen
+
+
+@pytest.mark.parametrize("precision, amp, autocast", [("bf16", "off", (True, torch.bfloat16)),
+                                                      ("fp32", "bf16", (False, None))])
+def test_sampling_benchmark_samples_in_bbdm_sample_precision(monkeypatch, precision, amp, autocast):
+    """tools/benchmark_bbdm.py --mode sample times sampling in BBDM.SAMPLE_PRECISION (what generation does), not
+    in SOLVER.AMP (what training steps in)."""
+    seen = record_unet_precision(monkeypatch)
+    cfg = load_config("configs/bbdm/tiny.yml", ["BBDM.SAMPLE_PRECISION", precision, "SOLVER.AMP", amp])
+    figures = benchmark_bbdm.bench_sample(argparse.Namespace(warmup=0, steps=1), cfg, torch.device("cpu"))
+    assert figures["precision"] == precision
+    assert len(seen) == cfg.BBDM.SAMPLE_STEPS
+    assert all(on == autocast[0] and (not on or dtype == autocast[1]) for on, dtype in seen)
+
+
+def test_generation_samples_in_bbdm_sample_precision_and_records_it(hoss_root, tmp_path, monkeypatch):
+    cfg = load_config("configs/bbdm/tiny.yml")
+    weights = train_bbdm.export_translator(build_translator(cfg), str(tmp_path))
+    sources = generate_pseudo_sar.optical_sources
+    monkeypatch.setattr(generate_pseudo_sar, "optical_sources", lambda c: sources(c)[:2])
+    seen = record_unet_precision(monkeypatch)
+    cache = tmp_path / "cache"
+    gen = ["--config_file", "configs/bbdm/tiny.yml", "DATASETS.ROOT_DIR", hoss_root, "DATASETS.PROTOCOLS", "[O2S]",
+           "BBDM.WEIGHTS", weights, "TEST.FUSION.CACHE_DIR", str(cache), "OUTPUT_DIR", str(tmp_path / "gen")]
+    assert generate_pseudo_sar.main([*gen, "BBDM.SAMPLE_PRECISION", "bf16"])["generated"] == 2
+    assert seen == [(True, torch.bfloat16)] * cfg.BBDM.SAMPLE_STEPS
+    with open(cache / "generator.json") as f:
+        assert json.load(f)["precision"] == "bf16"
+    # the same cache in another precision would mix samples of two generators: refused
+    with pytest.raises(ShipReIDError, match="another generator"):
+        generate_pseudo_sar.main([*gen, "BBDM.SAMPLE_PRECISION", "fp32"])
+
+
+def test_generation_resizes_optical_chips_as_bbdm_training_does(hoss_root):
+    """The chip the translator samples from is the optical chip of its training pairs, resized the same way
+    (bicubic), not the ReID test resize (bilinear)."""
+    cfg = load_config("configs/bbdm/tiny.yml", ["DATASETS.ROOT_DIR", hoss_root, "INPUT.FLIP_PROB", "0.0"])
+    dataset = build_pair_loader(cfg, source="hoss_train", same_augmentation=True).dataset
+    optical = dataset.pairs[0][0]
+    trained_on = dataset[(0, (cfg.SEED, 1, 0, 0))]["optical"]["image"]
+    pixels, _ = ChipDecoder.from_config(cfg)(optical.path, optical.modality)
+    generated_from = generate_pseudo_sar.optical_resize(cfg)(pixels)
+    assert trained_on.dtype == generated_from.dtype == torch.uint8
+    assert trained_on.shape == generated_from.shape == (3, *cfg.INPUT.SIZE_TRAIN)
+    assert torch.equal(trained_on, generated_from)
+    assert not torch.equal(generated_from, ResizeToTensor(cfg.INPUT.SIZE_TRAIN)(pixels))   # bilinear differs
 
 
 def test_compiled_unet_is_what_training_runs():

@@ -4,7 +4,8 @@
   python tools/benchmark_bbdm.py --config_file configs/bbdm/hoss.yml --mode sample MODEL.DEVICE cuda
 
 `sample` times what tools/generate_pseudo_sar.py does per optical chip: TEST.FUSION.NUM_SAMPLES samples of
-BBDM.SAMPLE_STEPS steps. On a GPU, train also prints FLOPs and MFU (see tools/benchmark.py).
+BBDM.SAMPLE_STEPS steps in BBDM.SAMPLE_PRECISION (train steps under SOLVER.AMP). On a GPU, train also prints
+FLOPs and MFU (see tools/benchmark.py).
 """
 from __future__ import annotations
 
@@ -65,11 +66,11 @@ def bench_sample(args, cfg, device) -> dict:
     optical = random_pairs(cfg, k, device)["image"][:k]
 
     def chip():
-        with autocast_context(cfg.SOLVER.AMP, device):
-            model.translate(optical, cfg.BBDM.SAMPLE_STEPS, cfg.BBDM.SAMPLE_ETA)
+        model.translate(optical, cfg.BBDM.SAMPLE_STEPS, cfg.BBDM.SAMPLE_ETA, precision=cfg.BBDM.SAMPLE_PRECISION)
 
     seconds = timed(chip, min(args.warmup, 1), max(1, args.steps // 5), device)
-    return {"mode": "sample", "samples_per_chip": k, "steps": cfg.BBDM.SAMPLE_STEPS, "seconds_per_chip": seconds,
+    return {"mode": "sample", "samples_per_chip": k, "steps": cfg.BBDM.SAMPLE_STEPS,
+            "precision": cfg.BBDM.SAMPLE_PRECISION, "seconds_per_chip": seconds,
             "peak_memory_gib": peak_memory_gib(device)}
 
 

@@ -26,7 +26,7 @@ from datasets import build_dataset  # noqa: E402
 from datasets.pseudo_sar import check_generator, file_sha1, has_entry, sar_domain, write_entry  # noqa: E402
 from datasets.radiometry import ChipDecoder  # noqa: E402
 from datasets.records import OPTICAL  # noqa: E402
-from datasets.transforms import ResizeToTensor  # noqa: E402
+from datasets.transforms import build_train_transform  # noqa: E402
 from model.bbdm.translator import build_translator, load_translator_weights, to_uint8_grey  # noqa: E402
 from processor.setup import setup_run  # noqa: E402
 from utils.cli import describe, run_cli  # noqa: E402
@@ -45,6 +45,12 @@ def optical_sources(cfg) -> list:
             if record.modality == OPTICAL:
                 found.setdefault(record.name, record)
     return [found[name] for name in sorted(found)]
+
+
+def optical_resize(cfg):
+    """The resize of BBDM's training pairs (the training transform's, bicubic), so that the translator is fed
+    optical chips resized as in training."""
+    return build_train_transform(cfg).resize
 
 
 def load_translator(cfg, device):
@@ -66,8 +72,8 @@ def main(argv=None) -> dict:
         raise ConfigError("TEST.FUSION.CACHE_DIR is empty: name the folder the pseudo-SAR chips go to")
     translator = load_translator(cfg, device)
     fingerprint = {"weights_sha1": file_sha1(cfg.BBDM.WEIGHTS), "steps": cfg.BBDM.SAMPLE_STEPS,
-                   "eta": cfg.BBDM.SAMPLE_ETA, "seed": cfg.SEED, "size": list(cfg.INPUT.SIZE_TRAIN), "num_samples": k,
-                   **sar_domain(cfg)}
+                   "eta": cfg.BBDM.SAMPLE_ETA, "precision": cfg.BBDM.SAMPLE_PRECISION, "seed": cfg.SEED,
+                   "size": list(cfg.INPUT.SIZE_TRAIN), "num_samples": k, **sar_domain(cfg)}
     if is_main():
         check_generator(cache_dir, fingerprint)
     barrier()
@@ -75,7 +81,7 @@ def main(argv=None) -> dict:
     todo = [r for r in sources[rank()::world_size()] if not has_entry(cache_dir, r)]
     logger.info("%d optical sources, %d to generate on this rank, %d samples each, %d steps", len(sources),
                 len(todo), k, cfg.BBDM.SAMPLE_STEPS)
-    decoder, resize = ChipDecoder.from_config(cfg), ResizeToTensor(cfg.INPUT.SIZE_TRAIN)
+    decoder, resize = ChipDecoder.from_config(cfg), optical_resize(cfg)
     start = time.time()
     bar = tqdm(total=len(todo), desc="generate", unit="chip", disable=not is_main(), dynamic_ncols=True)
     for first in range(0, len(todo), args.chips_per_batch):
@@ -86,7 +92,7 @@ def main(argv=None) -> dict:
         generators = [torch.Generator(device=device).manual_seed(source_seed(cfg.SEED, record.name))
                       for record in chunk]
         samples = translator.translate(optical, cfg.BBDM.SAMPLE_STEPS, cfg.BBDM.SAMPLE_ETA,
-                                       [g for g in generators for _ in range(k)])
+                                       [g for g in generators for _ in range(k)], cfg.BBDM.SAMPLE_PRECISION)
         grey = to_uint8_grey(samples).cpu().numpy()
         for index, (record, (_, (width, height))) in enumerate(zip(chunk, decoded)):
             write_entry(cache_dir, record, grey[index * k:(index + 1) * k], width, height)

@@ -3,6 +3,7 @@
 #   ReID train step, ViT-B/16 at 256x128, batch 64, bf16: eager and torch.compile (images/s, MFU)
 #   ReID feature extraction, batch 256, bf16; ranking + metrics, 10,000 x 100,000 x 768 on the GPU
 #   BBDM (configs/bbdm/hoss.yml): training pairs/s and MFU (eager and compiled), generation seconds per chip
+#     (BBDM.SAMPLE_PRECISION fp32, as tools/generate_pseudo_sar.py samples by default, and bf16)
 #   the CUDA-only tests (tests/test_bbdm.py)
 #
 #   tools/gpu_checks.sh [OUT_DIR]          JSON per figure and a log in OUT_DIR (default gpu_figures/)
@@ -74,6 +75,8 @@ check bbdm_train_compile "$py" tools/benchmark_bbdm.py --config_file configs/bbd
     --json "$out/bbdm_train_compile.json" MODEL.DEVICE $device MODEL.COMPILE True "${bbdm_tiny[@]}"
 check bbdm_sample "$py" tools/benchmark_bbdm.py --config_file configs/bbdm/hoss.yml --mode sample "${bbdm[@]}" \
     --json "$out/bbdm_sample.json" MODEL.DEVICE $device "${bbdm_tiny[@]}"
+check bbdm_sample_bf16 "$py" tools/benchmark_bbdm.py --config_file configs/bbdm/hoss.yml --mode sample "${bbdm[@]}" \
+    --json "$out/bbdm_sample_bf16.json" MODEL.DEVICE $device BBDM.SAMPLE_PRECISION bf16 "${bbdm_tiny[@]}"
 check cuda_tests "$py" -m pytest -q -rs tests/test_bbdm.py -k cuda
 
 if ((${#failed[@]})); then

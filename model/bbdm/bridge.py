@@ -130,29 +130,45 @@ class BrownianBridge(nn.Module):
         return F.l1_loss(out, target) if self.loss_type == "l1" else F.mse_loss(out, target)
 
     def sample_timesteps(self, steps: int) -> list[int]:
-        """`steps` timesteps linearly spaced from T-1 down to 0 (one network evaluation each)."""
-        if not 1 <= steps <= self.num_timesteps:
-            raise ShipReIDError(f"sampling steps must be in 1..{self.num_timesteps} (num_timesteps), got {steps}")
-        if steps == 1:
-            return [self.num_timesteps - 1]
-        return torch.linspace(self.num_timesteps - 1, 0, steps, dtype=torch.float64).round().long().tolist()
+        """The `steps` timesteps the sampler visits, T-1 first and 0 last (one network evaluation each).
+
+        BBDM's "linear" skip schedule: T-1, T-1 - h, T-1 - 2h, ... while above 1, each truncated to an integer,
+        then 1 and 0, with h = (T-1) / (steps - 2); that is `steps` timesteps for 3 <= steps < T. The points
+        are computed as the reference computes them (a float32 arange on the CPU, its default dtype), since a
+        point whose exact value is an integer can truncate one lower in other arithmetic: for T = 1000 and 200
+        steps the 67th point, exactly 666, is 666.0 in float32 and 665.999... in float64. Above steps =
+        (T + 3) / 2, h < 2 and the last arange point truncates to 1, so t = 1 comes twice, as in the reference
+        (the repeated jump 1 -> 1 leaves x as it is). Cases the reference does not cover: steps = T visits
+        every timestep, steps = 2 is T-1 then 0, steps = 1 is T-1 alone (the one-step x0 estimate from y)."""
+        T = self.num_timesteps
+        if not 1 <= steps <= T:
+            raise ShipReIDError(f"sampling steps (BBDM.SAMPLE_STEPS) must be in 1..{T} (BBDM.NUM_TIMESTEPS), "
+                                f"got {steps}")
+        if steps == T:
+            return list(range(T - 1, -1, -1))
+        if steps <= 2:
+            return [T - 1, 0][:steps]
+        points = torch.arange(T - 1, 1, step=-((T - 1) / (steps - 2)), dtype=torch.float32, device="cpu")
+        return points.long().tolist() + [1, 0]
 
     @torch.no_grad()
     def sample(self, model: nn.Module, y: torch.Tensor, steps: int = 200, eta: float = 1.0,
                generator: Generators = None, clip: bool = True) -> torch.Tensor:
-        """x0 samples for conditions y: start at x = y at t = T-1, then jump t -> s along `steps` timesteps.
+        """x0 samples for conditions y: start at x = y at t = T-1, then jump t -> s along `sample_timesteps`.
 
-        With mu_k = (1 - m_k) x0_hat + m_k y the bridge mean at index k (x0_hat: the network's x0 estimate,
-        clipped to [-1, 1] when `clip`), each jump draws
-            x_s = mu_s + sqrt((delta_s - sigma^2) / delta_t) (x_t - mu_t) + sigma z,    z ~ N(0, I),
-            sigma^2 = eta^2 * delta_s * delta_{t|s} / delta_t,   delta_{t|s} = delta_t - a^2 delta_s,
-            a = (1 - m_t) / (1 - m_s).
-        Why: the bridge restricted to s < t is Markov with x_t = a x_s + (m_t - a m_s) y + N(0, delta_{t|s}),
-        so q(x_s | x_t, x0, y) is Gaussian with variance delta_s delta_{t|s} / delta_t and mean
-        mu_s + (a delta_s / delta_t)(x_t - mu_t), and a delta_s / delta_t = sqrt((delta_s - sigma^2) / delta_t)
-        at eta = 1. eta = 1 is this exact posterior (BBDM's stochastic sampler); eta = 0 is deterministic; any
-        eta keeps q(x_s | x0, y) as the marginal. The last step (t = 0) returns x0_hat itself.
+        With x0_hat the network's x0 estimate at t (clipped to [-1, 1] when `clip`) and mu_k = (1 - m_k) x0_hat
+        + m_k y the bridge mean at index k, each jump draws, as the BBDM reference does,
+            x_s = mu_s + sqrt((delta_s - sigma^2) / delta_t) (x_t - mu_t) + eta sigma z,    z ~ N(0, I),
+            sigma^2 = delta_s delta_{t|s} / delta_t,   delta_{t|s} = delta_t - a^2 delta_s,   a = (1 - m_t) / (1 - m_s).
+        Why: for s < t the bridge is Markov with x_t = a x_s + (m_t - a m_s) y + N(0, delta_{t|s}), so
+        q(x_s | x_t, x0, y) is Gaussian with variance sigma^2 and mean mu_s + (a delta_s / delta_t)(x_t - mu_t),
+        and a delta_s / delta_t is the square root above. So the mean is always this exact posterior mean and
+        eta scales the noise alone: eta = 1 samples the posterior, eta = 0 follows its mean, and an eta below 1
+        gives samples narrower than the bridge marginal q(x_s | x0, y) (unlike DDIM's eta, which also changes
+        the mean coefficient to keep that marginal). The last step (t = 0) returns x0_hat itself.
         """
+        if not eta >= 0:
+            raise ShipReIDError(f"eta (BBDM.SAMPLE_ETA) scales the sampling noise: it must be >= 0, got {eta}")
         timesteps = self.sample_timesteps(steps)
         x = y.to(_work_dtype(y))
         batch = y.shape[0]
@@ -169,10 +185,10 @@ class BrownianBridge(nn.Module):
             delta_t, delta_s = self._coef(self.delta, t, x), self._coef(self.delta, s, x)
             a = (1.0 - m_t) / (1.0 - m_s)
             delta_ts = (delta_t - a ** 2 * delta_s).clamp_min(0.0)
-            sigma2 = eta ** 2 * delta_s * delta_ts / delta_t
+            sigma2 = delta_s * delta_ts / delta_t
             mu_t = (1.0 - m_t) * x0_hat + m_t * y
             mu_s = (1.0 - m_s) * x0_hat + m_s * y
             x = mu_s + ((delta_s - sigma2).clamp_min(0.0) / delta_t).sqrt() * (x - mu_t)
             if eta > 0:
-                x = x + sigma2.sqrt() * _gaussian(x.shape, x, generator).to(x.dtype)
+                x = x + eta * sigma2.sqrt() * _gaussian(x.shape, x, generator).to(x.dtype)
         return x0_hat
