@@ -14,10 +14,12 @@ from datasets import build_dataset
 from datasets.hoss import format_statistics, statistics_rows
 from model import build_model
 from model.weights import load_weights
-from processor.evaluator import Evaluator, format_results, write_results
+from processor.evaluator import Evaluator, format_results
+from processor.results import evaluation_record, write_results
 from processor.setup import setup_run
 from utils.cli import describe, run_cli
 from utils.distributed import is_main
+from utils.provenance import provenance
 
 
 # what a training run leaves in its OUTPUT_DIR: an evaluation there must not replace its records
@@ -53,12 +55,12 @@ def main(argv=None) -> dict:
     if not is_main():
         return results
     logger.info("results (%%):\n%s", format_results(results))
-    logger.info("wrote %s", write_results(results, cfg.OUTPUT_DIR))
+    logger.info("wrote %s", write_results(evaluation_record(results, cfg.TEST.WEIGHT, provenance(cfg)), cfg.OUTPUT_DIR))
     if cfg.TEST.SAVE_FEATS:
         for path in evaluator.save_features(feats, cfg.OUTPUT_DIR):
             logger.info("wrote %s", path)
     if cfg.TEST.RANKED_LIST_QUERIES > 0:
-        for path in evaluator.save_ranked_lists(feats, cfg.OUTPUT_DIR):
+        for path in evaluator.save_ranked_lists(feats, cfg.OUTPUT_DIR, model, device):
             logger.info("wrote %s", path)
     return results
 

@@ -78,3 +78,24 @@ def check_config(cfg) -> None:
     problems = config_problems(cfg)
     if problems:
         raise ConfigCheckError("the configuration cannot run:\n  " + "\n  ".join(problems))
+
+
+def selection_problems(cfg) -> list[str]:
+    """The settings only a training run that evaluates reads: model selection and the validation split."""
+    from processor.selection import select_metric_problems
+    problems = select_metric_problems(cfg.SOLVER.SELECT_METRIC, cfg.DATASETS.PROTOCOLS)
+    if cfg.DATASETS.VAL_IDS < 0:
+        problems.append(f"DATASETS.VAL_IDS must be 0 (no validation split) or a number of identities, got "
+                        f"{cfg.DATASETS.VAL_IDS}")
+    if cfg.DATASETS.VAL_IDS > 0 and cfg.TEST.FUSION.CACHE_DIR:
+        problems.append(f"DATASETS.VAL_IDS {cfg.DATASETS.VAL_IDS} with TEST.FUSION.CACHE_DIR: the pseudo-SAR cache "
+                        "holds chips of the test images only, not of the held-out training identities; train without "
+                        "fusion and evaluate it with test.py, or set DATASETS.VAL_IDS 0")
+    return problems
+
+
+def check_training_config(cfg) -> None:
+    """check_config's counterpart for train.py (fine-tuning with evaluation), at its start-up."""
+    problems = selection_problems(cfg)
+    if problems:
+        raise ConfigCheckError("the configuration cannot run:\n  " + "\n  ".join(problems))

@@ -42,7 +42,8 @@ _C.MODEL.SSE = True
 # bit-level parity checks against the official code (docs/parity.md).
 _C.MODEL.FUSED_ATTENTION = True
 # torch.compile the ReID backbone (train.py, train_pair.py) or the BBDM UNet being trained (train_bbdm.py):
-# faster steps on GPU after a compilation warm-up.
+# faster steps on GPU after a compilation warm-up. Compiled in place after the DDP wrap: under torchrun dynamo splits
+# the graph at DDP's gradient buckets, so their all-reduces overlap the backward.
 _C.MODEL.COMPILE = False
 # Initialisation weights (ImageNet ViT, contrastive TransOSS backbone, or a pretraining checkpoint).
 # Empty = random initialisation. The layout is detected from the keys; nothing is downloaded.
@@ -137,6 +138,12 @@ _C.DATASETS.NAMES = "HOSS"
 _C.DATASETS.ROOT_DIR = "./data"
 # Evaluation protocols, any of ALL, O2S, S2O.
 _C.DATASETS.PROTOCOLS = ["ALL", "O2S", "S2O"]
+# Validation split (train.py): this many training identities with both optical and SAR images, drawn from SEED, are
+# held out of training (and of the classifier) and evaluated like the test set on DATASETS.PROTOCOLS (query: one
+# image per identity and modality, drawn from SEED; gallery: the rest). The validation metric then selects
+# model_best.pth, and the test set is evaluated for the selected and the last epoch only. 0 = off (official: the
+# best epoch is selected on the test set).
+_C.DATASETS.VAL_IDS = 0
 
 # ---------------------------------------------------------------------------------------- DATALOADER
 _C.DATALOADER = CN()
@@ -195,6 +202,10 @@ _C.SOLVER.CLIP_GRAD_NORM = 0.0
 # Epochs between checkpoints and between evaluations (0 = only at the end); iterations between logs.
 _C.SOLVER.CHECKPOINT_PERIOD = 10
 _C.SOLVER.EVAL_PERIOD = 10
+# The metric that selects model_best.pth / results_best.json: "<protocol>/<metric>", the protocol one of
+# DATASETS.PROTOCOLS, the metric one of mAP, R1, R5, R10, mINP; read on the validation split when DATASETS.VAL_IDS > 0,
+# else on the test set.
+_C.SOLVER.SELECT_METRIC = "ALL/mAP"
 _C.SOLVER.LOG_PERIOD = 50
 
 # ---------------------------------------------------------------------------------------------- TEST
@@ -228,6 +239,9 @@ _C.TEST.SAVE_FEATS = False
 # Write OUTPUT_DIR/ranked_<protocol>.png with this many queries (0 = off), each with its top RANKED_LIST_TOPK.
 _C.TEST.RANKED_LIST_QUERIES = 0
 _C.TEST.RANKED_LIST_TOPK = 10
+# Draw explanation maps in those pictures (docs/explain.md): the query with its attention rollout, and for each
+# result the Grad-CAM pair maps of the query and the result (what pulls their features together). Needs the model.
+_C.TEST.RANKED_LIST_MAPS = False
 
 # MOS cross-modal fusion (CDGF): each optical test chip's feature becomes
 # normalize((1 - TAU) f^ + TAU mean_k p^_k), p_k the features of its first NUM_SAMPLES pseudo-SAR chips
@@ -260,19 +274,27 @@ _C.BBDM.M_MAX = 0.999
 _C.BBDM.MAX_VAR = 1.0
 _C.BBDM.OBJECTIVE = "grad"
 _C.BBDM.LOSS = "l1"
-# Exponential moving average of the weights (the weights that sample): decay, and the optimizer step before
-# which it simply copies the weights (HOSS is small: start early). Steps, not batches, under ACCUM_STEPS.
+# Exponential moving average of the weights (the weights that sample), updated as the BBDM reference does:
+# every EMA_INTERVAL-th optimizer step, a copy of the weights before step EMA_START (HOSS is small: start
+# early), from then on ema = EMA_DECAY ema + (1 - EMA_DECAY) weights. 0.995 every 8 steps is 0.995^(1/8) =
+# 0.99937 per step: an averaging window (e-folding) of 200 updates, about 1600 optimizer steps. Steps count
+# optimizer steps, not batches, under SOLVER.ACCUM_STEPS (the reference's interval is 8 x its accumulation).
 _C.BBDM.EMA_DECAY = 0.995
 _C.BBDM.EMA_START = 2000
+_C.BBDM.EMA_INTERVAL = 8
 # Training pairs: "optisar" (co-registered OptiSar_Pair, pretraining) or "hoss_train" (every same-identity
 # optical/SAR pair of the HOSS training split, fine-tuning). Test images are never used.
 _C.BBDM.PAIRS = "hoss_train"
 # A BBDM checkpoint to start from (fine-tuning after pretraining); empty = random initialisation.
 _C.BBDM.PRETRAIN_PATH = ""
-# Sampling: skip-step count (of NUM_TIMESTEPS) and eta (1 = BBDM's stochastic sampler, 0 = deterministic),
-# and the BBDM weights that tools/generate_pseudo_sar.py samples with.
+# Sampling: network evaluations (1..NUM_TIMESTEPS; BBDM's linear skip schedule T-1, ..., 1, 0; NUM_TIMESTEPS =
+# every step), eta (scales the posterior noise only, as BBDM does: 1 = BBDM's stochastic sampler, 0 =
+# deterministic), the precision the UNet samples in ("fp32": caches bit-stable; "bf16" / "fp16": autocast,
+# faster on GPUs; tools/generate_pseudo_sar.py and tools/benchmark_bbdm.py --mode sample), and the BBDM
+# weights that tools/generate_pseudo_sar.py samples with.
 _C.BBDM.SAMPLE_STEPS = 200
 _C.BBDM.SAMPLE_ETA = 1.0
+_C.BBDM.SAMPLE_PRECISION = "fp32"
 _C.BBDM.WEIGHTS = ""
 
 # ---------------------------------------------------------------------------------------------- DIST

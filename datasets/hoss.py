@@ -108,10 +108,13 @@ def split_statistics(records: list[ChipRecord]) -> dict:
     }
 
 
-def statistics_rows(protocols: list[Protocol], train: list[ChipRecord] | None = None) -> list:
+def statistics_rows(protocols: list[Protocol], train: list[ChipRecord] | None = None,
+                    validation: list[Protocol] = ()) -> list:
+    """(label, records) per table row: the training split, the test protocols, then the validation ones ("val")."""
     rows = [("train", train)] if train is not None else []
-    for p in protocols:
-        rows += [(f"{p.name} query", p.query), (f"{p.name} gallery", p.gallery)]
+    for prefix, group in (("", protocols), ("val ", validation)):
+        for p in group:
+            rows += [(f"{prefix}{p.name} query", p.query), (f"{prefix}{p.name} gallery", p.gallery)]
     return rows
 
 

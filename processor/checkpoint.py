@@ -5,6 +5,7 @@ save never leaves a partial file under a real name (the pointer is only updated 
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 
@@ -99,6 +100,22 @@ def export_weights(model, output_dir: str, stem: str) -> tuple[str, str | None]:
     official = os.path.join(output_dir, f"{stem}_official.pth")
     atomic_save(to_official(state), official)
     return ours, official
+
+
+@contextlib.contextmanager
+def exported_weights(model, path: str):
+    """Inside the block `model` holds the weights of the export `path` (export_weights' <stem>.pth), after it its
+    own again. Collective under torchrun: rank 0 reads the file (it wrote it) and sends the weights to the others."""
+    own = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    if is_main():
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    if world_size() > 1:
+        for tensor in model.state_dict().values():  # views of the parameters and buffers: filled in place
+            torch.distributed.broadcast(tensor, src=0)
+    try:
+        yield model
+    finally:
+        model.load_state_dict(own)
 
 
 def export_backbone(model, output_dir: str, stem: str) -> str:

@@ -1,7 +1,6 @@
 """Embed every test image once, then score each protocol (ALL, O2S, S2O) from the same features."""
 from __future__ import annotations
 
-import json
 import logging
 import os
 
@@ -29,6 +28,7 @@ from utils.query_expansion import average_query_expansion
 from utils.ranked_list import draw_ranked_lists
 from utils.reranking import re_ranking
 
+from .explainer import Explainer, explain_ranked_lists
 from .fusion import fuse_with_pseudo_sar
 
 logger = logging.getLogger("shipreid.eval")
@@ -193,17 +193,27 @@ class Evaluator:
     def score_all(self, feats: torch.Tensor) -> dict:
         return {p.name: self.score(feats, p) for p in self.protocols}
 
-    def save_ranked_lists(self, feats: torch.Tensor, output_dir: str) -> list[str]:
+    def save_ranked_lists(self, feats: torch.Tensor, output_dir: str, model=None, device=None) -> list[str]:
         """ranked_<protocol>.png for the first TEST.RANKED_LIST_QUERIES queries of every protocol, ranked as
-        the metrics rank them (AQE, re-ranking)."""
+        the metrics rank them (AQE, re-ranking); with TEST.RANKED_LIST_MAPS, with the maps of `model` on `device`
+        (processor/explainer.py)."""
+        t = self.cfg.TEST
+        if t.RANKED_LIST_MAPS and model is None:
+            raise ShipReIDError("TEST.RANKED_LIST_MAPS True draws the model's maps: pass the model to "
+                                "save_ranked_lists, or set TEST.RANKED_LIST_MAPS False")
         decoder = ChipDecoder.from_config(self.cfg)
+        explainer = Explainer(model, self.cfg, device) if t.RANKED_LIST_MAPS else None
         paths = []
         for protocol in self.protocols:
             dist = self.distances(feats, protocol)
-            paths.append(draw_ranked_lists(protocol.query, protocol.gallery, dist,
-                                           lambda r: decoder(r.path, r.modality)[0],
-                                           os.path.join(output_dir, f"ranked_{protocol.name}.png"),
-                                           self.cfg.TEST.RANKED_LIST_QUERIES, self.cfg.TEST.RANKED_LIST_TOPK))
+            path = os.path.join(output_dir, f"ranked_{protocol.name}.png")
+            if explainer is not None:
+                paths.append(explain_ranked_lists(explainer, protocol.query, protocol.gallery, dist, path,
+                                                  t.RANKED_LIST_QUERIES, t.RANKED_LIST_TOPK)[0])
+            else:
+                paths.append(draw_ranked_lists(protocol.query, protocol.gallery, dist,
+                                               lambda r: decoder(r.path, r.modality)[0], path,
+                                               t.RANKED_LIST_QUERIES, t.RANKED_LIST_TOPK))
         return paths
 
     def save_features(self, feats: torch.Tensor, output_dir: str) -> list[str]:
@@ -281,10 +291,3 @@ def format_results(results: dict) -> str:
                      + f"{100 * m['mINP']:>7.2f}{m['num_query']:>9}{m['num_gallery']:>9}  "
                      + ("derived" if m["derived"] else "release"))
     return "\n".join(lines)
-
-
-def write_results(results: dict, output_dir: str, name: str = "results.json") -> str:
-    path = os.path.join(output_dir, name)
-    with open(path, "w") as f:
-        json.dump(results, f, indent=2)
-    return path

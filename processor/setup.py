@@ -15,6 +15,7 @@ from solver import build_optimizer
 from utils.device import resolve_device
 from utils.distributed import init_distributed, is_main, world_size
 from utils.logger import setup_logger
+from utils.provenance import record_run
 
 from .rng import seed_everything
 
@@ -38,6 +39,7 @@ def setup_run(args, log_name: str, output_dir=None):
     if not is_main():
         logger.setLevel("WARNING")  # the shipreid.* loggers inherit it
     seed_everything(cfg.SEED)
+    record_run(cfg, args.config_file, args.opts, device)  # for the results files' provenance
     return cfg, logger, device
 
 
@@ -68,7 +70,7 @@ def run_training(argv, description: str, log_name: str, build_trainer):
 
 def prepare_training(cfg, model, device, logger):
     """ReID models: initialisation weights (the loss's too: a pretraining checkpoint's temperature), device,
-    optional compile, then (model, *training_parts)."""
+    then (model, *training_parts). MODEL.COMPILE is applied by wrap_ddp, after the DDP wrap."""
     criterion = build_loss(cfg)
     if cfg.MODEL.PRETRAIN_PATH:
         load_weights(model, cfg.MODEL.PRETRAIN_PATH, mode="init", strict=cfg.MODEL.STRICT_LOAD,
@@ -76,8 +78,6 @@ def prepare_training(cfg, model, device, logger):
     else:
         logger.info("MODEL.PRETRAIN_PATH is empty: training from random initialisation")
     model.to(device)
-    if cfg.MODEL.COMPILE:
-        model.backbone.compile()
     return (model, *training_parts(cfg, model, device, criterion))
 
 

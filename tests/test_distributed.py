@@ -1,7 +1,6 @@
 """Real multi-process DDP on CPU (gloo) through torchrun: same weights and metrics as one process."""
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -18,6 +17,7 @@ from test_training import build, make_pair_root
 import train as train_entry
 import train_pair as pair_entry
 from processor.engine import unwrap
+from processor.results import metrics_of, read_results
 
 # drop path and dropout draw from each process's own generator, so they are off for an exact comparison; the
 # defaults do the rest: BN neck statistics and the triplet batch over the global batch. 8 images of 2 identities:
@@ -74,8 +74,9 @@ def test_two_process_training_matches_one_process(hoss_root, tmp_path, recipe, o
         atol = 5e-5 if "running_" in key else 1e-5
         assert torch.allclose(one[key].float(), two[key].float(), atol=atol, rtol=0), key
     assert torch.equal(one_state["neck.num_batches_tracked"], two["neck.num_batches_tracked"])
-    with open(tmp_path / "np1" / "results.json") as f1, open(tmp_path / "np2" / "results.json") as f2:
-        assert json.load(f1) == json.load(f2)  # evaluation sharded over two ranks, gathered on rank 0
+    one_results, two_results = (read_results(tmp_path / f"np{n}" / "results.json") for n in (1, 2))
+    assert metrics_of(one_results) == metrics_of(two_results)  # evaluation sharded over two ranks, gathered on rank 0
+    assert (one_results["provenance"]["world_size"], two_results["provenance"]["world_size"]) == (1, 2)
     log = (tmp_path / "np2" / "train.log").read_text()
     assert "2 rank(s), 2 per node; 8 images per step, 4 per rank; BN neck statistics over the global batch" in log
     assert ("not trained: neck.weight" in log) == ("id" not in overrides[overrides.index("LOSS.TERMS") + 1]

@@ -1,7 +1,6 @@
 """FeatureExtractor: the features of test.py for the same files, from paths or arrays, with no dataset."""
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -13,6 +12,7 @@ from conftest import TINY_MODEL
 
 import test as test_entry
 from processor.extractor import FeatureExtractor, modality_from_name
+from processor.results import metrics_of, read_results
 from utils.errors import ShipReIDError
 
 
@@ -125,8 +125,7 @@ def test_test_py_flip_and_query_expansion(golden_dir, hoss_root, samples_dir, tm
     q, g = average_query_expansion(feats[:num_query], feats[num_query:], k=3, alpha=3.0)
     expected = evaluate_features(torch.nn.functional.normalize(q, dim=1), torch.nn.functional.normalize(g, dim=1),
                                  saved["pids"][:num_query].tolist(), saved["pids"][num_query:].tolist())
-    with open(tmp_path / "results.json") as f:
-        results = json.load(f)["ALL"]
+    results = metrics_of(read_results(tmp_path / "results.json"))["ALL"]
     for name in ("mAP", "R1", "R5", "mINP"):
         assert results[name] == pytest.approx(expected[name], abs=1e-12), name
     unexpanded = evaluate_features(feats[:num_query], feats[num_query:], saved["pids"][:num_query].tolist(),

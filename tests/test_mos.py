@@ -1,7 +1,6 @@
 """MOS: class-wise modality alignment (CMAL) on constructed cases, and its place in the recipe."""
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
@@ -11,6 +10,7 @@ import torch.nn.functional as F
 from configs.loader import load_config
 from loss.alignment import classwise_alignment_loss
 from loss.build import build_loss
+from processor.results import metrics_of, read_results
 
 
 def test_cmal_is_zero_for_identical_modality_statistics():
@@ -84,11 +84,11 @@ def test_mos_fine_tune_on_real_chips_keeps_last_and_best_epoch_then_test_py(hoss
                                 "SOLVER.MAX_EPOCHS", "2", *run])
     assert set(trainer.last_losses) == {"id", "triplet", "cmal", "total"}
     # the recipe evaluates every epoch: results.json is the last epoch, results_best.json the best on test
-    with open(out / "results.json") as f_last, open(out / "results_best.json") as f_best:
-        last, best = json.load(f_last), json.load(f_best)
-    assert best["epoch"] in (1, 2) and best["ALL"]["mAP"] >= last["ALL"]["mAP"]
+    last, best = read_results(out / "results.json"), read_results(out / "results_best.json")
+    assert (last["epoch"], last["selected_by"], best["selected_by"]) == (2, "last epoch", "test ALL/mAP")
+    assert best["epoch"] in (1, 2) and metrics_of(best)["ALL"]["mAP"] >= metrics_of(last)["ALL"]["mAP"]
     if best["epoch"] == 2:
-        assert best["ALL"] == last["ALL"]
+        assert metrics_of(best)["ALL"] == metrics_of(last)["ALL"]
     assert (out / "model_best.pth").is_file()
     total = sum(w * float(trainer.last_losses[t]) for t, w in zip(("id", "triplet", "cmal"), (1.0, 1.0, 2.0)))
     assert float(trainer.last_losses["total"]) == pytest.approx(total, rel=1e-6)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
 import pytest
@@ -16,6 +15,7 @@ import train_pair as pair_entry
 from configs import add_config_args, parse_args
 from processor.engine import unwrap
 from processor.hooks import Hook
+from processor.results import metrics_of, read_results
 from model.weights import WeightsError
 from processor.setup import setup_run
 from utils.errors import ShipReIDError
@@ -73,8 +73,8 @@ def test_pretrain_finetune_and_test_on_real_chips(hoss_root, samples_dir, tmp_pa
             "--config_file", "configs/hoss/transoss.yml", "DATASETS.ROOT_DIR", hoss_root,
             "TEST.WEIGHT", str(ft_out / f"{stem}.pth"), "OUTPUT_DIR", str(test_out / stem), *TINY_RUN])
     assert results["model_final"] == results["model_final_official"]
-    with open(ft_out / "results.json") as f:
-        assert json.load(f)["ALL"]["mAP"] == pytest.approx(results["model_final"]["ALL"]["mAP"], abs=1e-9)
+    assert metrics_of(read_results(ft_out / "results.json"))["ALL"]["mAP"] == pytest.approx(
+        results["model_final"]["ALL"]["mAP"], abs=1e-9)
 
 
 class StopAfterEpoch(Hook):
@@ -193,7 +193,8 @@ def test_a_finished_run_is_evaluated_and_resumed_only_with_its_own_grid(hoss_roo
     records = {name: (out / name).read_bytes() for name in ("config.yaml", "train.log", "results.json")}
     results = test_entry.main(["--config_file", str(out / "config.yaml"), "TEST.WEIGHT", str(out / "model_final.pth")])
     assert 0 < results["ALL"]["mAP"] <= 1
-    assert json.loads((out / "test" / "model_final" / "results.json").read_text()) == json.loads(json.dumps(results))
+    written = read_results(out / "test" / "model_final" / "results.json")
+    assert metrics_of(written) == results and written["weights"] == str(out / "model_final.pth")
     assert (out / "test" / "model_final" / "config.yaml").is_file()
     assert all((out / name).read_bytes() == content for name, content in records.items())
     with pytest.raises(ShipReIDError, match=r"(?s)epoch_0001\.pth does not fit the model this config builds.*config\.yaml"):

@@ -44,6 +44,13 @@ def grid_size(num_rows: int, top_k: int) -> tuple[int, int]:
     return GAP + (top_k + 1) * cell_w + GAP, GAP + num_rows * cell_h
 
 
+def ranked_order(dist: torch.Tensor, num_rows: int, top_k: int):
+    """(distances, gallery indices) of the top_k results of the first num_rows queries, (num_rows, top_k) each;
+    ties keep gallery order."""
+    order = torch.sort(dist[:num_rows], dim=1, stable=True)
+    return order.values[:, :top_k], order.indices[:, :top_k]
+
+
 def draw_ranked_lists(query, gallery, dist: torch.Tensor, decode, path: str, num_rows: int = 8,
                       top_k: int = 10) -> str:
     """`query`/`gallery`: chip records; `dist`: (num_query x num_gallery); `decode(record) -> uint8 pixels`.
@@ -55,15 +62,15 @@ def draw_ranked_lists(query, gallery, dist: torch.Tensor, decode, path: str, num
     canvas = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     cell_w, cell_h = TILE_W + 2 * BORDER + GAP, TILE_H + 2 * BORDER + CAPTION
-    order = torch.sort(dist[:num_rows], dim=1, stable=True)
+    values, indices = ranked_order(dist, num_rows, top_k)
     for row in range(num_rows):
         y = GAP + row * cell_h
         caption_y = y + TILE_H + 2 * BORDER + 1
         q = query[row]
         canvas.paste(_tile(decode(q), QUERY_FRAME), (GAP, y))
         draw.text((GAP, caption_y), chip_label(q, query=True), fill=TEXT)
-        for rank, distance in enumerate(distance_labels(order.values[row, :top_k])):
-            g = gallery[int(order.indices[row, rank])]
+        for rank, distance in enumerate(distance_labels(values[row])):
+            g = gallery[int(indices[row, rank])]
             x = GAP + (rank + 1) * cell_w
             canvas.paste(_tile(decode(g), HIT if g.pid == q.pid else MISS), (x, y))
             draw.text((x, caption_y), chip_label(g), fill=TEXT)
