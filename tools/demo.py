@@ -14,6 +14,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import load_config  # noqa: E402
 from datasets.synthetic import SyntheticSpec, ensure_synthetic  # noqa: E402
+from processor.evaluator import format_results  # noqa: E402
+from processor.results import metrics_of, read_results  # noqa: E402
 from utils.cli import describe, run_cli  # noqa: E402
 
 import train as train_entry  # noqa: E402
@@ -31,9 +33,18 @@ def main(argv=None):
     start = time.time()
     if ensure_synthetic(cfg.DATASETS.ROOT_DIR, SyntheticSpec(seed=args.seed)):
         print(f"generated synthetic HOSS data in {cfg.DATASETS.ROOT_DIR} ({time.time() - start:.0f} s)")
+    trained = time.time()
     trainer = train_entry.main(["--config_file", args.config_file, *args.opts])
-    print(f"demo finished in {(time.time() - start) / 60:.1f} min; results in {cfg.OUTPUT_DIR}/results.json")
+    finished = time.time()
+    path = os.path.join(cfg.OUTPUT_DIR, "results.json")
+    print(f"last epoch on the test set (%):\n{format_results(metrics_of(read_results(path)))}")
+    print(f"demo finished: training and evaluation {minutes(finished - trained)}, data set-up "
+          f"{minutes(trained - start)}; results in {path}")
     return trainer
+
+
+def minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)} min {seconds % 60:.0f} s"
 
 
 if __name__ == "__main__":
