@@ -16,6 +16,7 @@ from processor.checkpoint import export_weights
 from processor.engine import Trainer, unwrap, wrap_ddp
 from processor.evaluator import Evaluator
 from processor.hooks import CheckpointHook, EvalHook, ProgressHook
+from processor.selection import Selection
 from processor.setup import log_distribution, prepare_training, run_training
 from solver import CosineWarmupScheduler
 from utils.cli import describe, run_cli
@@ -34,7 +35,7 @@ def build_trainer(cfg, device, logger) -> Trainer:
     train, validation = dataset.train, []
     if cfg.DATASETS.VAL_IDS > 0:
         split = hold_out(dataset.train, cfg.DATASETS.VAL_IDS, cfg.SEED, cfg.DATASETS.PROTOCOLS)
-        check_selectable(split, cfg.SOLVER.SELECT_METRIC.partition("/")[0])
+        check_selectable(split, Selection.of(cfg, "validation").protocol)
         train, validation = split.train, split.protocols
         logger.info("validation split: %d training identities held out (DATASETS.VAL_IDS, drawn from SEED %d): %s",
                     len(split.ids), cfg.SEED, split.ids)

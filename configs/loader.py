@@ -105,7 +105,7 @@ def _load_yaml(text) -> Any:
     return yaml.load(text, Loader=_ConfigYamlLoader)
 
 
-def _parse_override(text: str) -> Any:
+def parse_override(text: str) -> Any:
     """A Python literal (`5e-4`, `['id', 'triplet']`), a YAML flow list (`[id,triplet]`), or the text."""
     try:
         return ast.literal_eval(text)
@@ -130,7 +130,7 @@ def merge_overrides(cfg: CN, opts: Iterable[str]) -> None:
         for group in groups:
             nested[group] = {}
             nested = nested[group]
-        nested[leaf] = _parse_override(text)
+        nested[leaf] = parse_override(text)
         _merge(cfg, node, "command line")
 
 

@@ -92,6 +92,4 @@ def last_layer(attentions: list[torch.Tensor], fusion: str = "mean") -> torch.Te
 def patch_row(matrix: torch.Tensor, backbone, token: int) -> torch.Tensor:
     """Row `token` of a (B, N, N) token matrix over the patch tokens, as a (B, rows, cols) grid (the class
     token(s) before the patches and the size token after them left out)."""
-    rows, cols = backbone.grid_size
-    start = backbone.num_prefix_tokens
-    return matrix[:, token, start:start + rows * cols].reshape(-1, rows, cols)
+    return backbone.patch_map(matrix[:, token, :, None])[..., 0]

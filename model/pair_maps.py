@@ -45,13 +45,6 @@ def grad_cam(tokens: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
     return (tokens * alpha).sum(dim=-1)
 
 
-def patch_tokens(tokens: torch.Tensor, backbone) -> torch.Tensor:
-    """The patch tokens of (B, N, C) tokens, in grid order: (B, rows * cols, C)."""
-    rows, cols = backbone.grid_size
-    start = backbone.num_prefix_tokens
-    return tokens[:, start:start + rows * cols]
-
-
 def pair_cams(model, batch: dict, num_pairs: int, feature_key: str, feat_norm: bool
               ) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """`batch` holds 2 * num_pairs chips: queries first, then their galleries (pair i = rows i and num_pairs + i).
@@ -66,6 +59,6 @@ def pair_cams(model, batch: dict, num_pairs: int, feature_key: str, feat_norm: b
         feats = outputs[feature_key]
         scores = pair_score(feats[:num_pairs], feats[num_pairs:], feat_norm)
         (grads,) = torch.autograd.grad(scores.sum(), tg.tokens)
-    cams = grad_cam(patch_tokens(tg.tokens.detach(), backbone), patch_tokens(grads, backbone))
-    rows, cols = backbone.grid_size
-    return cams.reshape(-1, rows, cols), -scores.detach(), {k: v.detach() for k, v in outputs.items()}
+    patches = [backbone.patch_map(t).flatten(1, 2) for t in (tg.tokens.detach(), grads)]  # (B, rows * cols, C)
+    cams = grad_cam(*patches)
+    return cams.unflatten(1, backbone.grid_size), -scores.detach(), {k: v.detach() for k, v in outputs.items()}

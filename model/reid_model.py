@@ -121,14 +121,18 @@ class ReIDModel(nn.Module):
         return f"BN({feat}) after the neck" if resolve_neck_feat(neck_feat, self.disentangled) == "after" else \
             f"{feat} before the BN neck"
 
+    def test_feature_key(self, neck_feat: str) -> str:
+        """The key of `forward`'s outputs that holds the test feature for TEST.NECK_FEAT `neck_feat`."""
+        neck_feat = resolve_neck_feat(neck_feat, self.disentangled)
+        if neck_feat == "after" and self.neck is None:
+            raise ShipReIDError("TEST.NECK_FEAT after: this model has no BN neck (a pretraining backbone); use before")
+        return "feat" if neck_feat == "before" else "feat_bn"
+
     @torch.no_grad()
     def embed(self, batch: dict, neck_feat: str = "before", flip: bool = False) -> torch.Tensor:
         """The test feature: pre-neck ("before", official) or post-neck ("after"); with `flip` (TEST.FLIP_FEATS)
         the mean of the image's and its left-right mirror's features."""
-        neck_feat = resolve_neck_feat(neck_feat, self.disentangled)
-        if neck_feat == "after" and self.neck is None:
-            raise ShipReIDError("TEST.NECK_FEAT after: this model has no BN neck (a pretraining backbone); use before")
-        key = "feat" if neck_feat == "before" else "feat_bn"
+        key = self.test_feature_key(neck_feat)
         with tf32(False):  # test features in full fp32, whatever training used (SOLVER.TF32)
             feat = self.forward(batch)[key]
             if flip:

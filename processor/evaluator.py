@@ -230,6 +230,30 @@ class Evaluator:
         return paths
 
 
+SAVED_FEATURE_KEYS = ("feats", "names", "num_query")
+
+
+def load_saved_ranking(cfg, path: str, dataset) -> tuple[Protocol, torch.Tensor]:
+    """(protocol, query x gallery distances) of a features_<protocol>.npz that `save_features` wrote, ranked as
+    test.py ranks (TEST.AQE, TEST.RE_RANKING); the chips are `dataset`'s, checked by name against the file's."""
+    name = os.path.basename(path)
+    if not (name.startswith("features_") and name.endswith(".npz")):
+        raise ShipReIDError(f"{path}: expected a features_<protocol>.npz written by test.py (TEST.SAVE_FEATS True)")
+    if not os.path.isfile(path):
+        raise ShipReIDError(f"{path}: file not found")
+    saved = np.load(path)
+    missing = [key for key in SAVED_FEATURE_KEYS if key not in saved]
+    if missing:
+        raise ShipReIDError(f"{path}: no {', '.join(missing)} in it; not a features file of test.py")
+    protocol_name = name[len("features_"):-len(".npz")]
+    protocol = dataset.protocol(protocol_name)
+    if [r.name for r in protocol.query + protocol.gallery] != list(saved["names"]):
+        raise ShipReIDError(f"{path}: its file names do not match protocol {protocol_name} under "
+                            f"{cfg.DATASETS.ROOT_DIR}; pass the DATASETS.ROOT_DIR the features were computed on")
+    feats, num_query = torch.from_numpy(saved["feats"]), int(saved["num_query"])
+    return protocol, ranking_distances(cfg.TEST, feats[:num_query], feats[num_query:])
+
+
 def merge_shards(shards: list[tuple[list[int], torch.Tensor | None]], num_rows: int) -> torch.Tensor:
     """The num_rows x dim matrix from every rank's (rows, features); a rank without rows sent None."""
     filled = [(rows, feats) for rows, feats in shards if feats is not None]

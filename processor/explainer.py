@@ -19,11 +19,10 @@ from datasets.ship_size import ShipSizeEncoder
 from datasets.transforms import build_test_transform
 from model.attention_maps import HEAD_FUSIONS, AttentionRecorder, last_layer, patch_row, rollout
 from model.pair_maps import pair_cams, pair_score
-from model.reid_model import resolve_neck_feat
 from utils.device import tf32
 from utils.errors import ShipReIDError
-from utils.explain_plot import Cell, caption, draw_cells, grid_size, identity_frame, overlay
-from utils.ranked_list import QUERY_FRAME, distance_labels, ranked_order
+from utils.explain_plot import Cell, draw_cells, grid_size, identity_frame, overlay
+from utils.ranked_list import QUERY_FRAME, chip_label, distance_labels, ranked_order
 
 from .extractor import modality_from_name
 
@@ -102,12 +101,8 @@ class Explainer:
         self.model, self.cfg = model, cfg
         self.device = device if device is not None else next(model.parameters()).device
         self.kind, self.feature, self.head_fusion, self.discard_ratio = kind, feature, head_fusion, discard_ratio
-        self.feature_key = {"shared": "feat_shared", "specific": "feat_specific"}.get(feature)
-        if self.feature_key is None:
-            after = resolve_neck_feat(cfg.TEST.NECK_FEAT, model.disentangled) == "after"
-            if after and model.neck is None:
-                raise ShipReIDError("TEST.NECK_FEAT after: this model has no BN neck; use before")
-            self.feature_key = "feat_bn" if after else "feat"
+        self.feature_key = {"shared": "feat_shared", "specific": "feat_specific"}.get(feature) \
+            or model.test_feature_key(cfg.TEST.NECK_FEAT)
         self.rows = attention_rows(model.head, feature)
         self.decoder = ChipDecoder.from_config(cfg)
         self.size_encoder = ShipSizeEncoder.from_config(cfg)
@@ -164,11 +159,11 @@ class Explainer:
 
     def row_cells(self, query: Chip, gallery: list[Chip], maps: RowMaps, labels: list[str]) -> list[Cell]:
         cells = [Cell([query.pixels, overlay(query.pixels, maps.query)], QUERY_FRAME,
-                      [caption(query.pid, query.modality, query=True), self.map_name()])]
+                      [chip_label(query, query=True), self.map_name()])]
         for i, g in enumerate(gallery):
             tiles = [overlay(query.pixels, maps.query_pair[i])] if self.kind == "pair" else []
             cells.append(Cell(tiles + [overlay(g.pixels, maps.gallery[i])], identity_frame(query.pid, g.pid),
-                              [caption(g.pid, g.modality), labels[i]]))
+                              [chip_label(g), labels[i]]))
         return cells
 
 

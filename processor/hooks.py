@@ -10,6 +10,7 @@ from tqdm import tqdm
 
 from utils.distributed import barrier, is_main
 from utils.errors import ShipReIDError
+from utils.logger import hms
 from utils.provenance import provenance
 
 from .checkpoint import export_weights, exported_weights, save_training_state
@@ -66,7 +67,7 @@ class ProgressHook(Hook):
         logger.info("epoch %d iter %d/%d  %s  lr %.2e%s  %.3f s/it  eta %s", trainer.epoch, trainer.iteration,
                     trainer.batches_in_epoch(), "  ".join(f"{k} {v:.4f}" for k, v in losses.items()), trainer.lr,
                     "".join(f"  {k.replace('_', ' ')} {v:g}" for k, v in amp.items()), per_step,
-                    _hms(per_step * remaining))
+                    hms(per_step * remaining))
 
     def after_epoch(self, trainer):
         self.bar.close()
@@ -78,11 +79,6 @@ def fp16_figures(trainer) -> dict:
     if scale is None:
         return {}
     return {"loss_scale": scale, "skipped_steps": int(trainer.step_wrapper.skipped_steps)}
-
-
-def _hms(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 class EvalHook(Hook):
@@ -100,8 +96,7 @@ class EvalHook(Hook):
     def __init__(self, cfg, evaluator, writer=None, validation=None):
         self.cfg, self.evaluator, self.validation, self.writer = cfg, evaluator, validation, writer
         self.period, self.output_dir = cfg.SOLVER.EVAL_PERIOD, cfg.OUTPUT_DIR
-        protocol, _, metric = cfg.SOLVER.SELECT_METRIC.partition("/")
-        self.selection = Selection("test" if validation is None else "validation", protocol, metric)
+        self.selection = Selection.of(cfg, "test" if validation is None else "validation")
         self.history = EvalHistory(self.output_dir)
 
     def is_due(self, epoch: int, max_epochs: int) -> bool:

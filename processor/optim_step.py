@@ -1,12 +1,12 @@
 """Mixed precision, gradient accumulation and clipping in one optimizer-step wrapper."""
 from __future__ import annotations
 
-import contextlib
 import logging
 
 import torch
 import torch.distributed as dist
 
+from utils.device import autocast_to
 from utils.distributed import world_size
 from utils.errors import ShipReIDError
 
@@ -16,12 +16,8 @@ AMP_MODES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def autocast_context(mode: str, device: torch.device):
-    if mode not in AMP_MODES:
-        raise ShipReIDError(f"SOLVER.AMP must be one of {sorted(AMP_MODES)}, got {mode!r}")
-    dtype = AMP_MODES[mode]
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    """The training step's precision (SOLVER.AMP)."""
+    return autocast_to(mode, AMP_MODES, "SOLVER.AMP", device)
 
 
 def accumulation_group(iteration: int, num_batches: int, accum_steps: int) -> tuple[int, bool]:

@@ -27,6 +27,12 @@ class Selection:
     protocol: str
     metric: str
 
+    @classmethod
+    def of(cls, cfg, split: str) -> "Selection":
+        """SOLVER.SELECT_METRIC (checked at start-up by select_metric_problems) ranking epochs on `split`."""
+        protocol, _, metric = cfg.SOLVER.SELECT_METRIC.partition("/")
+        return cls(split, protocol, metric)
+
     @property
     def name(self) -> str:
         """The results files' "selected_by", e.g. "validation ALL/mAP"."""

@@ -14,9 +14,6 @@ import argparse
 import os
 import sys
 
-import numpy as np
-import torch
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import load_config, parse_args  # noqa: E402
@@ -25,7 +22,7 @@ from datasets.records import DatasetError, parse_hoss_name  # noqa: E402
 from model import build_model  # noqa: E402
 from model.attention_maps import HEAD_FUSIONS  # noqa: E402
 from model.weights import load_weights  # noqa: E402
-from processor.evaluator import ranking_distances  # noqa: E402
+from processor.evaluator import load_saved_ranking  # noqa: E402
 from processor.explainer import FEATURES, MAP_KINDS, Explainer, explain_ranked_lists  # noqa: E402
 from tools.extract_features import split_images_and_overrides  # noqa: E402
 from utils.cli import describe, run_cli  # noqa: E402
@@ -34,7 +31,6 @@ from utils.errors import ShipReIDError  # noqa: E402
 from utils.explain_plot import draw_cells  # noqa: E402
 from utils.ranked_list import distance_labels  # noqa: E402
 
-FEATURE_KEYS = ("feats", "names", "num_query")
 # Distances (squared, of unit features: 0..4) that differ more than this between the saved features and the model.
 DISTANCE_GAP = 1e-3
 
@@ -55,23 +51,10 @@ def explain_pairs(explainer: Explainer, query: str, gallery: list[str], out: str
 
 
 def explain_saved(explainer: Explainer, cfg, path: str, num_rows: int, top_k: int, out: str) -> str:
-    name = os.path.basename(path)
-    if not (name.startswith("features_") and name.endswith(".npz")):
-        raise ShipReIDError(f"--from-features {path}: expected a features_<protocol>.npz written by test.py "
-                            "(TEST.SAVE_FEATS True)")
-    if not os.path.isfile(path):
-        raise ShipReIDError(f"--from-features {path}: file not found")
-    saved = np.load(path)
-    missing = [key for key in FEATURE_KEYS if key not in saved]
-    if missing:
-        raise ShipReIDError(f"--from-features {path}: no {', '.join(missing)} in it; not a features file of test.py")
-    protocol_name = name[len("features_"):-len(".npz")]
-    protocol = build_dataset(cfg).protocol(protocol_name)
-    if [r.name for r in protocol.query + protocol.gallery] != list(saved["names"]):
-        raise ShipReIDError(f"--from-features {path}: its file names do not match protocol {protocol_name} under "
-                            f"{cfg.DATASETS.ROOT_DIR}; pass the DATASETS.ROOT_DIR the features were computed on")
-    feats, num_query = torch.from_numpy(saved["feats"]), int(saved["num_query"])
-    dist = ranking_distances(cfg.TEST, feats[:num_query], feats[num_query:])
+    try:
+        protocol, dist = load_saved_ranking(cfg, path, build_dataset(cfg))
+    except ShipReIDError as err:
+        raise ShipReIDError(f"--from-features {err}") from None
     written, gap = explain_ranked_lists(explainer, protocol.query, protocol.gallery, dist, out, num_rows, top_k)
     if gap > DISTANCE_GAP:
         print(f"warning: the model's distances differ from the saved ranking's by up to {gap:.3g}: the maps explain "

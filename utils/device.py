@@ -26,6 +26,15 @@ def move_batch(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
+def autocast_to(mode: str, modes: dict, key: str, device: torch.device):
+    """The context a precision setting runs in: `modes[mode]` is the autocast dtype on `device`, None for plain
+    float32 (no autocast). `key` names the setting in the error for a mode that is not in `modes`."""
+    if mode not in modes:
+        raise ShipReIDError(f"{key} must be one of {list(modes)}, got {mode!r}")
+    dtype = modes[mode]
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device_type=device.type, dtype=dtype)
+
+
 @contextlib.contextmanager
 def tf32(enabled: bool):
     """TF32 (10-bit mantissa) for CUDA matmuls and cuDNN convolutions inside the block, restored after.

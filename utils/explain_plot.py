@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .ranked_list import BORDER, CAPTION, GAP, HIT, LINE, MISS, MODALITY_LABEL, TEXT, TILE_H, TILE_W
+from .ranked_list import BORDER, CAPTION, GAP, HIT, LINE, MISS, TEXT, TILE_H, TILE_W
 
 SEP = 2                    # frame-coloured space between the tiles of one cell (pixels)
 ALPHA = 0.45               # weight of the map's colour over the chip
@@ -36,11 +36,6 @@ def identity_frame(query_pid: Optional[int], pid: Optional[int]) -> tuple:
     if query_pid is None or pid is None:
         return UNKNOWN
     return HIT if pid == query_pid else MISS
-
-
-def caption(pid: Optional[int], modality: int, query: bool = False) -> str:
-    """As utils.ranked_list.chip_label, with "?" for an identity the chip's name does not give."""
-    return f"{'Q ' if query else ''}id {'?' if pid is None else pid} {MODALITY_LABEL[modality]}"
 
 
 def cell_width(num_tiles: int) -> int:

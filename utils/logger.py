@@ -8,6 +8,12 @@ import sys
 from tqdm import tqdm
 
 
+def hms(seconds: float) -> str:
+    """A duration as h:mm:ss (progress lines, time-left estimates)."""
+    seconds = int(seconds)
+    return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
 class ProgressAwareHandler(logging.StreamHandler):
     """Console lines written through tqdm, which clears the progress bars first and redraws them after, so a log
     line never lands in the middle of a bar."""

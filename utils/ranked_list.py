@@ -22,9 +22,10 @@ def _tile(pixels: np.ndarray, colour) -> Image.Image:
 
 
 def chip_label(record, query: bool = False) -> str:
-    """The identity line under a chip: "Q" for the query, the pid as written in the file name (-1 = distractor),
-    and the modality."""
-    return f"{'Q ' if query else ''}id {record.pid} {MODALITY_LABEL[record.modality]}"
+    """The identity line under a chip: "Q" for the query, the pid as written in the file name (-1 = distractor;
+    "?" when the name gives none: a chip explained by tools/explain.py), and the modality."""
+    pid = "?" if record.pid is None else record.pid
+    return f"{'Q ' if query else ''}id {pid} {MODALITY_LABEL[record.modality]}"
 
 
 def distance_labels(distances) -> list[str]:

@@ -25,6 +25,7 @@ from submitit.core.utils import UncompletedJobError
 
 from processor.results import read_results
 
+from .logger import hms
 from .sweep_plan import Plan, Run, SweepError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -156,16 +157,11 @@ class Progress:
         text = f"sweep: [{self.done}/{self.total}] {run.label}: {outcome}"
         if started is not None:
             self.durations.append(time.time() - started)
-            text += f" in {_hms(self.durations[-1])}"
+            text += f" in {hms(self.durations[-1])}"
             left = self.total - self.done
             if left:
-                text += f"; about {_hms(left * sum(self.durations) / len(self.durations))} left for {left} run(s)"
+                text += f"; about {hms(left * sum(self.durations) / len(self.durations))} left for {left} run(s)"
         print(text, flush=True)
-
-
-def _hms(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 def launch_local(plan: Plan, runs: list[Run], nproc_per_node: int = 1, echo: bool = True) -> list[Failure]:

@@ -8,7 +8,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from configs.loader import _parse_override, load_config
+from configs.loader import load_config, parse_override
 
 from .errors import ShipReIDError
 
@@ -56,13 +56,13 @@ def parse_grid(text: str) -> tuple[str, list[str]]:
         raise SweepError(f"--grid {text!r}: expected \"KEY [value1,value2,...]\", "
                          "e.g. --grid \"MODEL.SSE [True,False]\"")
     key, listed = parts
-    values = _parse_override(listed.strip())
+    values = parse_override(listed.strip())
     if not isinstance(values, list) or not values:
         raise SweepError(f"--grid {text!r}: the values must be a non-empty list like [True,False], got {listed!r}")
     texts = []
     for value in values:
         rendered = render_value(value)
-        if _parse_override(rendered) != value:
+        if parse_override(rendered) != value:
             raise SweepError(f"--grid {text!r}: the value {value!r} does not survive as the override text "
                              f"{rendered!r}; give it in a form that reads back the same")
         texts.append(rendered)

@@ -2,13 +2,13 @@
 that sample. One module, so the engine trains, checkpoints and resumes it like a ReID model."""
 from __future__ import annotations
 
-import contextlib
 import copy
 
 import torch
 from torch import nn
 
 from model.weights import read_state_dict
+from utils.device import autocast_to
 from utils.errors import ShipReIDError
 
 from .bridge import BrownianBridge
@@ -34,10 +34,7 @@ SAMPLE_PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16
 
 def sampling_precision(precision: str, device: torch.device):
     """The context sampling runs in: nothing for "fp32", else autocast to bf16 / fp16 on `device`."""
-    if precision not in SAMPLE_PRECISIONS:
-        raise ShipReIDError(f"BBDM.SAMPLE_PRECISION must be one of {list(SAMPLE_PRECISIONS)}, got {precision!r}")
-    dtype = SAMPLE_PRECISIONS[precision]
-    return contextlib.nullcontext() if dtype is None else torch.autocast(device_type=device.type, dtype=dtype)
+    return autocast_to(precision, SAMPLE_PRECISIONS, "BBDM.SAMPLE_PRECISION", device)
 
 
 class PseudoSarTranslator(nn.Module):
